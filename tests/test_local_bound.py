@@ -293,8 +293,30 @@ def _net():
         (lambda L: local_bounds(L, np.ones((2, 3)), [[0.1]]), "1-D"),
         (lambda L: local_bound([(np.ones((3, 4)), np.ones(3)), (np.ones((4, 2)), np.ones(2))], np.ones(3), 0.1), "b must have shape"),
         (lambda L: local_bound({"params": {}}, np.ones(3), 0.1), "layers_from_flax"),
+        (lambda L: local_bounds(L, np.ones((2, 3)), [0.1], chunk_size=0), "chunk_size"),
     ],
 )
 def test_bad_input_raises_clear_value_error(call, match):
     with pytest.raises(ValueError, match=match):
         call(_net())
+
+
+@pytest.mark.parametrize("chunk_size", [1, 3, 5, 64])
+def test_chunked_equals_unchunked(chunk_size):
+    rng = np.random.default_rng(10)
+    layers = random_mlp(rng, 4, [5, 3])
+    xs = rng.normal(size=(7, 4))  # 7 * 3 = 21 pairs: odd, not a multiple of the chunks
+    radii = np.array([0.1, 0.4, 1.0])
+    full = local_bounds(layers, xs, radii, chunk_size=21)
+    chunked = local_bounds(layers, xs, radii, chunk_size=chunk_size)
+    for a, b in zip(full, chunked):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_default_chunk_size_is_a_power_of_two_and_bounded():
+    from lr_jax.local_bound import default_chunk_size
+
+    small = default_chunk_size(random_mlp(np.random.default_rng(0), 36, [64, 64]))
+    large = default_chunk_size([(np.zeros((784, 1024)), np.zeros(1024)), (np.zeros((1024, 10)), np.zeros(10))])
+    assert small & (small - 1) == 0 and large & (large - 1) == 0
+    assert 1 <= large < small
