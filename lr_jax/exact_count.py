@@ -1,0 +1,384 @@
+"""The exact number of linear regions meeting a ball, by search over activation patterns.
+
+This is the top slice of the "certified sandwich" around Algorithm 1 (Zhu, Lin
+& Tang, section 4)::
+
+    sample_regions  <=  count_regions  <=  2 ** tight_bounds  <=  2 ** C   (Remark 2)
+
+A *region* is a maximal open set on which the activation pattern (the sign of
+every hidden pre-activation) is constant and which is full-dimensional. Once a
+pattern ``s`` is fixed, every hidden pre-activation is an affine function of
+the input, ``h_j(x) = a_j . x + c_j`` (the ReLUs become fixed masks), so the
+region of ``s`` is the open polyhedron ``{x : s_j (a_j . x + c_j) > 0 for all j}``.
+Remark 2 counts the regions meeting the closed ball ``B_r(x0)``; so do we.
+
+Deciding one pattern: one small conic program (solved with Clarabel). With
+unit normals ``â_j = a_j / ||a_j||``, the signed distance of a point to
+hyperplane ``j`` on the side the pattern asks for is
+``m_j(x) = s_j (â_j . x + c_j / ||a_j||)``, and::
+
+    t* = max { t : m_j(x) >= t for every j,  ||x - x0||_2 <= r }
+
+is the largest margin by which a point of the closed ball sits inside the
+polyhedron. The open polyhedron meets the closed ball iff ``t* > 0`` (the
+maximum is attained on the compact ball); for ``r > 0`` the intersection is
+then automatically full-dimensional, since an open set meeting a ball meets its
+interior. We count a pattern iff we hold a *witness*: a point of the closed
+ball, re-evaluated in float64 from the solver's answer, whose margin to every
+hyperplane exceeds the tolerance ``tol`` (default ``1e-9``, in input units).
+Polyhedra with empty interior in the ball, or thinner than ``tol`` there
+(``t* <= tol``), are not counted as regions. A counted pattern is therefore a
+verified region; a region can only be missed if its largest inscribed margin
+within the ball is within the solver's accuracy (about ``1e-8 r``) of ``tol``.
+
+Rows with ``a_j = 0`` (a neuron whose every input is switched off under the
+pattern) are constant, ``h_j = c_j``: they are not hyperplanes, and the pattern
+must carry their constant sign (on iff ``c_j > 0``, the same convention as
+``relu``'s ``h > 0``), else it describes no point at all.
+
+Search: breadth-first over patterns, starting from the centre's region. The
+regions meeting a convex ball are connected under crossings of single facets:
+join two of them by a segment inside the ball, perturb it to avoid the
+(lower-dimensional) intersections of two boundaries, and it crosses one
+hyperplane piece at a time. For a network in general position (no two
+neurons switching on the same hyperplane piece) such a crossing flips exactly
+one neuron, so breadth-first search over single flips from any one region
+finds every region meeting the ball. A neuron can flip across a facet inside
+the ball only if its hyperplane *under the current pattern* meets the ball
+(``|m_j(x0)| < r``); this per-region test is exact and implies ``S = 1`` in
+Algorithm 1 whenever Algorithm 1 is sound, so the search does not take ``S``
+from Algorithm 1: that keeps this count independent of the bound it is used
+to check. If the centre lies (within ``tol``) on a boundary its own pattern is
+not a region, and the search starts instead from the pattern of the first of
+a few fixed points inside the ball that lies in one.
+
+Cheap exact filters keep the conic programs small: under a pattern, a row
+whose hyperplane is farther than ``r`` from ``x0`` is either satisfied on the
+whole ball (dropped from the program) or nowhere on it (the pattern is
+rejected without a solve).
+
+Everything here is float64 NumPy on the host; it is a reference, not a kernel,
+and is not jitted.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import NamedTuple, Sequence
+
+import clarabel
+import numpy as np
+import scipy.sparse as sp
+
+from lr_jax.layers import Layer, validate_layers
+from lr_jax.local_bound import prepare_inputs
+
+# A row counts as constant (a_j = 0) when its norm is below this fraction of
+# the largest row norm in its layer: exact zeros (all inputs switched off) are
+# the structural case; the relative slack only absorbs cancellation round-off.
+_ZERO_ROW_RTOL = 1e-12
+# Upper cap on the scaled margin t / r: it never binds for kept rows (their
+# margin is at most about 2 r) and only keeps the program bounded.
+_MARGIN_CAP = 4.0
+# Fallback seeds when the centre lies on a boundary: points at half the radius
+# in fixed pseudo-random directions (a local generator: no global randomness).
+_NUM_FALLBACK_SEEDS = 64
+_SEED_RNG = 20240607
+
+
+class RegionCount(NamedTuple):
+    """Result of :func:`count_regions`.
+
+    Attributes:
+      count: number of regions found meeting the closed ball.
+      complete: False when the search stopped at ``max_regions`` (then
+        ``count == max_regions`` and more regions exist).
+      patterns: bool ``[count, n_hidden_total]`` activation pattern of each
+        region found (``True`` = pre-activation ``> 0``), hidden layers
+        concatenated input to output, unpadded.
+    """
+
+    count: int
+    complete: bool
+    patterns: np.ndarray
+
+
+class _Maps(NamedTuple):
+    """Hidden pre-activations under a fixed pattern, relative to the centre.
+
+    ``h(x0 + y) = value + y @ linear`` for every point where the pattern holds.
+    """
+
+    linear: list  # per layer [d, w_l]
+    value: list  # per layer [w_l]: the pattern's affine map evaluated at x0
+
+
+class _Rows(NamedTuple):
+    """The pattern's constraints as unit-normal rows (over all hidden neurons)."""
+
+    normals: np.ndarray  # [n, d] unit normals s_j â_j (zero for constant rows)
+    centre_margin: np.ndarray  # [n] m_j(x0), signed distance of the centre
+    constant: np.ndarray  # [n] bool, a_j = 0
+
+
+class _Region(NamedTuple):
+    pattern: np.ndarray  # [n] bool
+    maps: _Maps
+    rows: _Rows
+
+
+def _forward_pattern(weights, x) -> np.ndarray:
+    """Activation pattern (``h > 0``) of the point ``x``, all hidden layers."""
+    bits, h = [], x
+    for W, b in weights:
+        z = h @ W + b
+        bits.append(z > 0)
+        h = np.maximum(z, 0.0)
+    return np.concatenate(bits)
+
+
+def _maps_under_pattern(weights, x0, masks, start: int = 0, prefix: _Maps | None = None) -> _Maps:
+    """Affine maps of every hidden layer once the ReLU masks are fixed.
+
+    Layers before ``start`` are taken from ``prefix`` (they do not depend on
+    the masks of layer ``start - 1`` onward), so flipping one neuron of layer
+    ``l`` only recomputes layers ``l + 1, ...``.
+    """
+    d = x0.shape[0]
+    linear = list(prefix.linear[:start]) if prefix else []
+    value = list(prefix.value[:start]) if prefix else []
+    if start == 0:
+        W, b = weights[0]
+        linear.append(W)
+        value.append(x0 @ W + b)
+        start = 1
+    for k in range(start, len(weights)):
+        W, b = weights[k]
+        m = masks[k - 1]
+        linear.append((linear[k - 1] * m) @ W)
+        value.append((value[k - 1] * m) @ W + b)
+    assert linear[0].shape[0] == d
+    return _Maps(linear, value)
+
+
+def _rows(maps: _Maps, pattern: np.ndarray) -> _Rows:
+    normals, margins, constant = [], [], []
+    for A, v in zip(maps.linear, maps.value):
+        norms = np.linalg.norm(A, axis=0)
+        const = norms <= _ZERO_ROW_RTOL * norms.max(initial=0.0)
+        safe = np.where(const, 1.0, norms)
+        normals.append(np.where(const, 0.0, A / safe).T)
+        margins.append(np.where(const, 0.0, v / safe))
+        constant.append(const)
+    sign = np.where(pattern, 1.0, -1.0)
+    return _Rows(
+        normals=np.concatenate(normals) * sign[:, None],
+        centre_margin=np.concatenate(margins) * sign,
+        constant=np.concatenate(constant),
+    )
+
+
+def _constant_rows_agree(maps: _Maps, rows: _Rows, pattern: np.ndarray) -> bool:
+    value = np.concatenate(maps.value)
+    return bool(np.all(pattern[rows.constant] == (value[rows.constant] > 0)))
+
+
+class _Oracle:
+    """Decides patterns for one ball; holds the solver settings and counters."""
+
+    def __init__(self, x0: np.ndarray, radius: float, tol: float):
+        self.x0, self.radius, self.tol = x0, radius, tol
+        self.num_programs = 0
+        self._settings = clarabel.DefaultSettings()
+        self._settings.verbose = False
+        self._tight = clarabel.DefaultSettings()
+        self._tight.verbose = False
+        for name in ("tol_gap_abs", "tol_gap_rel", "tol_feas", "tol_ktratio"):
+            setattr(self._tight, name, 1e-11)
+
+    def is_region(self, rows: _Rows) -> bool:
+        """True iff a point of the closed ball has margin ``> tol`` to every row."""
+        r, tol = self.radius, self.tol
+        live = ~rows.constant
+        best = rows.centre_margin[live] + r  # the largest margin of each row on the ball
+        if np.any(best <= tol):
+            return False  # one hyperplane alone keeps the pattern's side out of the ball
+        kept = live & (rows.centre_margin - r <= tol)  # the others hold on the whole ball
+        if not np.any(kept):
+            return True  # witness: x0 itself
+        normals, margins = rows.normals[kept], rows.centre_margin[kept]
+        witness_margin, t_solver = self._solve(normals, margins, self._settings)
+        if witness_margin <= tol < t_solver:
+            # The solver claims a region its point does not certify: a sliver
+            # near the tolerance; decide it again with tighter solver accuracy.
+            witness_margin, _ = self._solve(normals, margins, self._tight)
+        return witness_margin > tol
+
+    def _solve(self, normals, margins, settings) -> tuple[float, float]:
+        """Returns (margin of the projected witness, solver's t*), both in input units.
+
+        Variables ``(u, tau)`` with ``x = x0 + r u``: maximise ``tau`` subject
+        to ``margins / r + normals . u >= tau``, ``tau <= cap``, ``||u|| <= 1``.
+        Scaling by ``r`` keeps the program well conditioned for any radius.
+        """
+        self.num_programs += 1
+        r = self.radius
+        m, d = normals.shape
+        A = _constraint_matrix(normals)
+        b = np.concatenate([margins / r, [_MARGIN_CAP, 1.0], np.zeros(d)])
+        q = np.zeros(d + 1)
+        q[d] = -1.0  # maximise tau
+        P = sp.csc_matrix((d + 1, d + 1))  # a linear objective
+        cones = [clarabel.NonnegativeConeT(m + 1), clarabel.SecondOrderConeT(d + 1)]
+        solution = clarabel.DefaultSolver(P, q, A, b, cones, settings).solve()
+        z = np.asarray(solution.x)
+        u = z[:d]
+        norm = np.linalg.norm(u)
+        if norm > 1.0:
+            u = u / norm  # back into the closed ball; the margin is re-evaluated below
+        witness = float(np.min(margins + r * (normals @ u)))
+        return witness, float(r * z[d])
+
+
+def _constraint_matrix(normals: np.ndarray) -> sp.csc_matrix:
+    """``A`` of Clarabel's ``A z + s = b`` for ``z = (u, tau)``, built column-wise.
+
+    Rows: ``m`` margin rows ``[-normals, 1]``, the cap row ``[0, 1]``, then the
+    second-order cone ``(1, u)``: a zero row and ``-I``. Assembling the CSC
+    arrays directly avoids SciPy's dense-to-sparse conversion, which otherwise
+    costs about as much as the solve itself.
+    """
+    m, d = normals.shape
+    u_cols = np.hstack([-normals.T, -np.ones((d, 1))])  # [d, m + 1]
+    u_rows = np.hstack([np.tile(np.arange(m), (d, 1)), (m + 2 + np.arange(d))[:, None]])
+    data = np.concatenate([u_cols.ravel(), np.ones(m + 1)])
+    indices = np.concatenate([u_rows.ravel(), np.arange(m + 1)])
+    indptr = np.concatenate([np.arange(d + 1) * (m + 1), [d * (m + 1) + m + 1]])
+    return sp.csc_matrix((data, indices, indptr), shape=(m + 2 + d, d + 1))
+
+
+def _masks(pattern: np.ndarray, offsets) -> list:
+    return [pattern[a:b].astype(np.float64) for a, b in zip(offsets[:-1], offsets[1:])]
+
+
+class _Search:
+    """Breadth-first search over activation patterns for one ball."""
+
+    def __init__(self, weights, x0, radius, tol):
+        self.weights, self.x0, self.radius = weights, x0, radius
+        widths = [W.shape[1] for W, _ in weights]
+        self.offsets = np.concatenate([[0], np.cumsum(widths)])
+        self.layer_of = np.repeat(np.arange(len(widths)), widths)
+        self.oracle = _Oracle(x0, radius, tol)
+
+    def evaluate(self, pattern, start=0, parent: _Region | None = None) -> _Region | None:
+        maps = _maps_under_pattern(
+            self.weights, self.x0, _masks(pattern, self.offsets), start, parent.maps if parent else None
+        )
+        rows = _rows(maps, pattern)
+        if not _constant_rows_agree(maps, rows, pattern) or not self.oracle.is_region(rows):
+            return None
+        return _Region(pattern, maps, rows)
+
+    def seed(self) -> _Region | None:
+        region = self.evaluate(_forward_pattern(self.weights, self.x0))
+        if region is not None or self.radius == 0.0:
+            return region
+        d = self.x0.shape[0]
+        directions = np.random.default_rng(_SEED_RNG).normal(size=(_NUM_FALLBACK_SEEDS, d))
+        directions /= np.linalg.norm(directions, axis=1, keepdims=True)
+        for v in directions:
+            region = self.evaluate(_forward_pattern(self.weights, self.x0 + 0.5 * self.radius * v))
+            if region is not None:
+                return region
+        return None
+
+    def flip_candidates(self, region: _Region) -> np.ndarray:
+        """Neurons whose hyperplane under this pattern enters the ball far enough to cross."""
+        rows = region.rows
+        return np.flatnonzero(~rows.constant & (rows.centre_margin < self.radius - self.oracle.tol))
+
+    def run(self, max_regions: int) -> RegionCount:
+        n = int(self.offsets[-1])
+        first = self.seed()
+        if first is None:
+            return RegionCount(0, True, np.zeros((0, n), bool))
+        visited = {first.pattern.tobytes()}
+        found = [first.pattern]
+        queue = deque([first])
+        while queue:
+            region = queue.popleft()
+            for j in self.flip_candidates(region):
+                pattern = region.pattern.copy()
+                pattern[j] = ~pattern[j]
+                key = pattern.tobytes()
+                if key in visited:
+                    continue
+                visited.add(key)
+                # Layers up to j's own keep their maps; only later ones change.
+                neighbour = self.evaluate(pattern, int(self.layer_of[j]) + 1, region)
+                if neighbour is None:
+                    continue
+                if len(found) == max_regions:
+                    return RegionCount(len(found), False, np.stack(found))
+                found.append(pattern)
+                queue.append(neighbour)
+        return RegionCount(len(found), True, np.stack(found))
+
+
+def count_regions(
+    layers: Sequence[Layer],
+    x,
+    radius,
+    max_regions: int = 100_000,
+    *,
+    tol: float = 1e-9,
+) -> RegionCount:
+    """Counts the linear regions meeting the closed ball ``B_r(x)`` exactly.
+
+    Breadth-first search over activation patterns from the centre's region,
+    one conic feasibility program per candidate pattern (see the module
+    docstring for the program, the tolerance and the proof that the search is
+    complete for networks in general position). This is the quantity that
+    Remark 2 of section 4 bounds by ``2^C``.
+
+    Args:
+      layers: ``(W [fan_in, fan_out], b [fan_out])`` pairs, input to output;
+        the last pair is the linear output layer (not counted).
+      x: ``[d]`` centre.
+      radius: scalar ``r >= 0``. For ``r = 0`` the count is 1 when ``x`` is
+        farther than ``tol`` from every boundary and 0 when it lies on one
+        (no open region contains it).
+      max_regions: stop after this many regions (``complete=False``).
+      tol: a pattern counts only with a witness point in the closed ball at
+        distance ``> tol`` from each of its hyperplanes (input units).
+
+    Returns:
+      :class:`RegionCount`.
+
+    Raises:
+      ValueError: as :func:`lr_jax.local_bound` for bad shapes or values, or
+        when ``max_regions < 1``.
+    """
+    result, _ = _count(layers, x, radius, max_regions, tol)
+    return result
+
+
+def count_regions_with_stats(
+    layers: Sequence[Layer], x, radius, max_regions: int = 100_000, *, tol: float = 1e-9
+) -> tuple[RegionCount, int]:
+    """:func:`count_regions` and the number of conic programs it solved (for benchmarks)."""
+    return _count(layers, x, radius, max_regions, tol)
+
+
+def _count(layers, x, radius, max_regions, tol) -> tuple[RegionCount, int]:
+    prepare_inputs(layers, x, radius, batched=False)  # identical validation to the kernel
+    if max_regions < 1:
+        raise ValueError(f"max_regions must be >= 1, got {max_regions}.")
+    # prepare_inputs casts to the JAX compute dtype (float32 by default); the
+    # search keeps the caller's values in float64 instead.
+    weights = [
+        (np.asarray(W, np.float64), np.asarray(b, np.float64)) for W, b in validate_layers(layers)[:-1]
+    ]
+    search = _Search(weights, np.asarray(x, np.float64), float(radius), float(tol))
+    return search.run(int(max_regions)), search.oracle.num_programs

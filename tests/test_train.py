@@ -1,0 +1,118 @@
+"""End-to-end runs of the training loop on a tiny config, in tmp_path."""
+
+from __future__ import annotations
+
+import gzip
+import json
+
+import numpy as np
+import pytest
+
+from lr_jax import layers_from_flax, local_bounds
+from lr_jax.config import ConfigError
+from lr_jax.train import read_metrics, restore_params, train_and_evaluate
+from tests.conftest import TINY, compose_train
+
+REQUIRED_FIELDS = {
+    "epoch",
+    "category",
+    "radius",
+    "mean_bound",
+    "mean_log2_bound",
+    "median_log2_bound",
+    "num_single_region",
+    "mean_single_region_radius",
+    "n_points",
+    "train_loss",
+    "train_accuracy",
+    "test_loss",
+    "test_accuracy",
+}
+CATEGORIES = {"train", "test", "random1", "random2"}
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("run")
+    rows = train_and_evaluate(compose_train(TINY), workdir)
+    return workdir, rows
+
+
+def test_run_leaves_the_contract_files(tiny_run):
+    workdir, rows = tiny_run
+    assert json.loads((workdir / "status.json").read_text())["status"] == "complete"
+    on_disk = read_metrics(workdir / "metrics.jsonl")
+    assert on_disk == rows
+    assert {(r["epoch"], r["category"]) for r in rows} == {(e, c) for e in (0, 2, 4) for c in CATEGORIES}
+    for r in rows:
+        assert REQUIRED_FIELDS <= set(r)
+        assert r["radius"] == 0.4
+        assert 0 <= r["num_single_region"] <= r["n_points"]
+        assert r["mean_bound"] >= 2 ** r["mean_log2_bound"] - 1e-9  # Jensen: mean 2^C >= 2^mean C
+    counts = {r["category"]: r["n_points"] for r in rows if r["epoch"] == 0}
+    assert counts == {"train": 20, "test": 20, "random1": 12, "random2": 12}
+    with np.load(workdir / "bounds.npz") as z:
+        np.testing.assert_array_equal(z["epochs"], [0, 2, 4])
+        for c in CATEGORIES:
+            assert z[c].shape == (3, counts[c])
+            assert z[f"{c}_single_region_radius"].shape == (3, counts[c])
+            # The summary rows are computed from exactly these per-point values.
+            for i, e in enumerate((0, 2, 4)):
+                row = next(r for r in rows if r["epoch"] == e and r["category"] == c)
+                assert row["mean_log2_bound"] == pytest.approx(z[c][i].mean())
+                assert row["num_single_region"] == int((z[c][i] == 0).sum())
+    assert sorted(p.name for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()) == ["0", "2", "4"]
+    assert (workdir / "trajectories.png").stat().st_size > 10_000
+    data = json.loads((workdir / "data.json").read_text())
+    assert data["source"] == "embedded" and "disjoint halves" in data["note"]
+    assert len(data["train_index"]) == 20 and len(data["test_index"]) == 20
+
+
+def test_checkpoint_reproduces_the_logged_bounds(tiny_run):
+    workdir, _ = tiny_run
+    params, epoch = restore_params(workdir)
+    assert epoch == 4
+    cfg = compose_train(TINY)
+    from lr_jax.datasets import make_categories
+    from lr_jax.mnist_io import load_mnist
+    import jax
+
+    k_data = jax.random.split(jax.random.PRNGKey(cfg.seed), 4)[0]
+    cats = make_categories(load_mnist("embedded"), key=k_data, per_class=10, n_random=12, scale=cfg.data.scale)
+    c = local_bounds(layers_from_flax(params), cats.train_x, [0.4]).log2_bound[:, 0]
+    with np.load(workdir / "bounds.npz") as z:
+        np.testing.assert_array_equal(np.asarray(c), z["train"][-1])
+
+
+def test_same_seed_same_metrics(tiny_run, tmp_path):
+    workdir, _ = tiny_run
+    train_and_evaluate(compose_train(TINY), tmp_path)
+    assert (tmp_path / "metrics.jsonl").read_text() == (workdir / "metrics.jsonl").read_text()
+
+
+def test_resume_continues_to_identical_results(tiny_run, tmp_path):
+    workdir, _ = tiny_run
+    short = [o for o in TINY if not o.startswith("epochs")] + ["epochs=2"]
+    train_and_evaluate(compose_train(short), tmp_path)
+    # Pretend the run was interrupted after epoch 2 of 4.
+    (tmp_path / "status.json").write_text(json.dumps({"status": "running", "epoch": 2}))
+    train_and_evaluate(compose_train(TINY + ["resume=true"]), tmp_path)
+    assert (tmp_path / "metrics.jsonl").read_text() == (workdir / "metrics.jsonl").read_text()
+    assert json.loads((tmp_path / "status.json").read_text())["status"] == "complete"
+
+
+def test_existing_run_is_not_overwritten_and_resume_needs_a_run(tiny_run, tmp_path):
+    workdir, _ = tiny_run
+    with pytest.raises(ConfigError, match="resume=true"):
+        train_and_evaluate(compose_train(TINY), workdir)
+    with pytest.raises(ConfigError, match="no run to resume"):
+        train_and_evaluate(compose_train(TINY + ["resume=true"]), tmp_path / "empty")
+
+
+def test_malformed_idx_fails_before_training(tmp_path):
+    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+        (tmp_path / f"{name}.gz").write_bytes(gzip.compress(b"\x00\x00\x08\x03garbage"))
+    run = tmp_path / "run"
+    with pytest.raises(ValueError, match="ubyte"):
+        train_and_evaluate(compose_train(TINY + ["data.source=idx", f"data.dir={tmp_path}"]), run)
+    assert not (run / "metrics.jsonl").exists()
