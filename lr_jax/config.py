@@ -36,7 +36,7 @@ class DataConfig:
 
     ``scale`` is the input value of a white pixel (inputs are
     ``pooled pixels / 255 * scale``); see the README's calibration table for
-    why the default is 4.
+    why the default is 64.
     """
 
     source: str = "embedded"
@@ -46,7 +46,7 @@ class DataConfig:
     digits: List[int] = field(default_factory=lambda: [0, 4])
     per_class: int = 500
     n_random: int = 1000
-    scale: float = 4.0
+    scale: float = 64.0
     pooling: str = "adaptive"
 
 

@@ -265,36 +265,57 @@ def _pad_to_chunks(a: jax.Array, chunk: int) -> jax.Array:
     return a.reshape((-1, chunk) + a.shape[1:])
 
 
-def map_pairs_in_chunks(fn, preacts: jax.Array, radii: jax.Array, chunk: int):
-    """Applies ``fn(preacts [c, H, W], radii [c])`` over fixed-size chunks of pairs.
+def map_points_in_chunks(fn, xs: jax.Array, points_per_chunk: int):
+    """Applies ``fn(xs_chunk [c, d])`` over fixed-size chunks of points.
 
     A ``lax.map`` over chunks of one static size: memory stays bounded by one
     chunk's state, the last (padded) chunk reuses the same compiled body, and on
     CPU a chunk small enough for the cache runs faster than one huge batch.
-    Returns ``fn``'s pytree with leading axis ``[P]``.
+    Returns ``fn``'s pytree with leading axis ``[N]``.
     """
-    num_pairs = preacts.shape[0]
-    chunk = max(1, min(chunk, num_pairs))
-    out = jax.lax.map(lambda a: fn(*a), (_pad_to_chunks(preacts, chunk), _pad_to_chunks(radii, chunk)))
-    return jax.tree.map(lambda a: a.reshape((-1,) + a.shape[2:])[:num_pairs], out)
+    n = xs.shape[0]
+    chunk = max(1, min(points_per_chunk, n))
+    out = jax.lax.map(fn, _pad_to_chunks(xs, chunk))
+    return jax.tree.map(lambda a: a.reshape((-1,) + a.shape[2:])[:n], out)
 
 
-def _local_bounds_impl(layers, xs, radii, chunk_size):
-    packed = pack_layers(layers, xs.dtype)
-    preacts = jax.vmap(centre_preactivations, in_axes=(None, 0))(packed, xs)  # [N, H, W]
+def _bounds_for_points(packed: PackedLayers, xs: jax.Array, radii: jax.Array, masks: bool) -> LocalBound:
+    """``[c]`` points x ``[R]`` radii; the centre's pass is shared by its radii."""
+    preacts = jax.vmap(centre_preactivations, in_axes=(None, 0))(packed, xs)  # [c, H, W]
     n, r = xs.shape[0], radii.shape[0]
-    # Pairs are point-major; the centre's pass is shared by its R radii.
-    out = map_pairs_in_chunks(
-        lambda p, rr: bounds_for_pairs(packed, p, rr),
-        jnp.repeat(preacts, r, axis=0),
-        jnp.tile(radii, n),
-        chunk_size,
-    )
+    out = bounds_for_pairs(packed, jnp.repeat(preacts, r, axis=0), jnp.tile(radii, n))
+    if not masks:
+        out = out._replace(unstable=None, changed=None, deviation=None)
     return jax.tree.map(lambda a: a.reshape((n, r) + a.shape[1:]), out)
 
 
+_POINTS = "points"
+
+
+def _local_bounds_impl(layers, xs, radii, chunk_size, masks, mesh):
+    packed = pack_layers(layers, xs.dtype)
+    points_per_chunk = max(1, chunk_size // radii.shape[0])
+    n, num_devices = xs.shape[0], mesh.devices.size
+    # Every device gets the same number of points; the padding rows are dropped.
+    xs = _pad_to_chunks(xs, -(-n // num_devices)).reshape((-1,) + xs.shape[1:])
+
+    def local(xs_shard):
+        return map_points_in_chunks(lambda x: _bounds_for_points(packed, x, radii, masks), xs_shard, points_per_chunk)
+
+    spec = jax.sharding.PartitionSpec(_POINTS)
+    out = jax.shard_map(local, mesh=mesh, in_specs=spec, out_specs=spec, check_vma=False)(xs)
+    return jax.tree.map(lambda a: a[:n], out)
+
+
 _local_bound_jit = jax.jit(_local_bound_impl)
-_local_bounds_jit = jax.jit(_local_bounds_impl, static_argnames="chunk_size")
+_local_bounds_jit = jax.jit(_local_bounds_impl, static_argnames=("chunk_size", "masks", "mesh"))
+
+
+def points_mesh(devices=None) -> jax.sharding.Mesh:
+    """A 1-D mesh over ``devices`` (default: all) whose axis shards the points."""
+    devices = list(devices) if devices is not None else jax.devices()
+    return jax.sharding.Mesh(np.asarray(devices), (_POINTS,))
+
 
 # Per-chunk working set on CPU: a few [W, c, d] arrays that should stay in cache.
 _CPU_CHUNK_BYTES = 8 * 2**20
@@ -397,21 +418,33 @@ def local_bound(layers: Sequence[Layer], x: jax.Array, radius) -> LocalBound:
 
 
 def local_bounds(
-    layers: Sequence[Layer], xs: jax.Array, radii, *, chunk_size: int | None = None
+    layers: Sequence[Layer],
+    xs: jax.Array,
+    radii,
+    *,
+    chunk_size: int | None = None,
+    masks: bool = True,
+    devices: Sequence[jax.Device] | None = None,
 ) -> LocalBound:
     """:func:`local_bound` for every point and every radius, jitted.
 
     The single-pair layer steps are ``jax.vmap``-ed over (point, radius)
     pairs; the centre's forward pass is computed once per point and shared by
-    its radii. Pairs are processed in fixed-size chunks (``lax.map``), so
-    memory is bounded by one chunk and the result does not depend on
-    ``chunk_size``.
+    its radii. Points are processed in fixed-size chunks (``lax.map``) of
+    ``max(1, chunk_size // R)`` points, so memory is bounded by one chunk, and
+    sharded over ``devices`` along the point axis (``jax.shard_map`` on a 1-D
+    mesh; one device runs the same path). The result depends on neither.
 
     Args:
       layers: as in :func:`local_bound`.
       xs: ``[N, d]`` centres.
       radii: ``[R]`` radii (a scalar is taken as ``R = 1``).
-      chunk_size: pairs per chunk; default :func:`default_chunk_size`.
+      chunk_size: (point, radius) pairs per chunk and device; default
+        :func:`default_chunk_size`.
+      masks: False to return only ``num_unstable`` and ``log2_bound`` (the
+        mask fields are None), which keeps the output ``O(N R)`` for large runs.
+      devices: devices to shard the points over; default all of
+        ``jax.devices()``.
 
     Returns:
       :class:`LocalBound` whose fields have leading axes ``[N, R]``.
@@ -421,4 +454,5 @@ def local_bounds(
         chunk_size = default_chunk_size(layers, xs.dtype)
     if int(chunk_size) < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}.")
-    return _local_bounds_jit(layers, xs, radii, chunk_size=int(chunk_size))
+    mesh = points_mesh(devices)
+    return _local_bounds_jit(layers, xs, radii, chunk_size=int(chunk_size), masks=bool(masks), mesh=mesh)

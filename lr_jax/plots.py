@@ -42,3 +42,87 @@ def plot_run(rows: Sequence[dict], path: str | Path, title: str = "") -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def _series(summary, lr, depth, category, metric):
+    pts = sorted(
+        (r["epoch"], r[f"{metric}_mean"], r[f"{metric}_std"])
+        for r in summary
+        if r["lr"] == lr and r["depth"] == depth and r["category"] == category and f"{metric}_mean" in r
+    )
+    if not pts:
+        return None
+    e, m, s = (list(v) for v in zip(*pts))
+    return e, m, s
+
+
+def _panel(ax, summary, lr, metric, ylabel, letter):
+    import numpy as np
+
+    depths = sorted({r["depth"] for r in summary})
+    styles = ["-", "--", ":", "-."]
+    values = []
+    for di, depth in enumerate(depths):
+        for cat, colour in CATEGORY_COLOURS.items():
+            series = _series(summary, lr, depth, cat, metric)
+            if series is None:
+                continue
+            e, m, s = (np.asarray(v, dtype=float) for v in series)
+            label = f"{cat}, depth {depth}" if len(depths) > 1 else cat
+            ax.plot(e, m, styles[di % 4], marker="o", ms=3, color=colour, label=label)
+            ax.fill_between(e, m - s, m + s, color=colour, alpha=0.15, linewidth=0)
+            values.extend(m[m > 0])
+    if values and max(values) / min(values) > 20:
+        ax.set_yscale("log")
+    ax.set_title(f"({letter}) lr = {lr:g}")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+
+
+def plot_figure3(summary: Sequence[dict], out_dir: str | Path, stem: str = "figure3") -> list[Path]:
+    """The paper's Figure 3 from a sweep summary, plus the single-region radius panels.
+
+    Writes ``{stem}.png/.pdf``: (a) mean upper bound ``2^C`` vs epoch for the four
+    categories at lr 0.02, (b) number of points with a single region at lr 0.02,
+    (c), (d) the same at lr 0.001 (mean over seeds, shaded +- one standard
+    deviation, depth as line style); ``{stem}_radius.png/.pdf``: the mean
+    certified single-region radius at each learning rate; and
+    ``{stem}_log2.png/.pdf``: mean ``C`` (log2 of the bound).
+
+    Returns:
+      The written paths.
+    """
+    out_dir = Path(out_dir)
+    lrs = sorted({r["lr"] for r in summary}, reverse=True)
+    written = []
+
+    def save(fig, name):
+        for ext in ("png", "pdf"):
+            path = out_dir / f"{name}.{ext}"
+            fig.savefig(path, dpi=120)
+            written.append(path)
+        plt.close(fig)
+
+    fig = plt.figure(figsize=(13, 4.5 * len(lrs)))
+    letters = iter("abcdefghij")
+    axes = fig.subplots(len(lrs), 2, squeeze=False)
+    for i, lr in enumerate(lrs):
+        _panel(axes[i, 0], summary, lr, "mean_bound", "mean upper bound of local regions (2^C)", next(letters))
+        _panel(axes[i, 1], summary, lr, "num_single_region", "points with a single region (C = 0)", next(letters))
+    axes[0, 0].legend(fontsize=8, ncol=2)
+    fig.tight_layout()
+    save(fig, stem)
+
+    for metric, ylabel, suffix in (
+        ("mean_single_region_radius", "mean certified single-region radius", "radius"),
+        ("mean_log2_bound", "mean C = log2 of the bound", "log2"),
+    ):
+        fig, axes = plt.subplots(1, len(lrs), figsize=(6.5 * len(lrs), 4.5), squeeze=False)
+        letters = iter("abcdefghij")
+        for i, lr in enumerate(lrs):
+            _panel(axes[0, i], summary, lr, metric, ylabel, next(letters))
+        axes[0, 0].legend(fontsize=8, ncol=2)
+        fig.tight_layout()
+        save(fig, f"{stem}_{suffix}")
+    return written

@@ -54,6 +54,10 @@ log = logging.getLogger(__name__)
 CATEGORIES = ("train", "test", "random1", "random2")
 
 
+class TrainingDiverged(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
 class TrainState(NamedTuple):
     """Parameters and optimizer state; the epoch is the checkpoint's step."""
 
@@ -123,21 +127,25 @@ def category_points(cats: Categories) -> dict[str, jax.Array]:
 def evaluate_bounds(layers, points: dict[str, jax.Array], bound_cfg, key: jax.Array) -> dict[str, dict]:
     """Every configured bound around every point of every category.
 
+    All categories go through the kernels as one batch (one compilation for
+    the whole run, whatever the category sizes).
+
     Returns, per category, ``{"log2_bound": [n], "single_region_radius": [n],
     "summary": {...}}`` with extra methods' per-point arrays and summary fields
     prefixed by their name.
     """
-    methods = list(bound_cfg.methods)
+    names = list(points)
+    xs = jnp.concatenate([points[n] for n in names])
+    splits = np.cumsum([points[n].shape[0] for n in names])[:-1]
+    log2 = np.asarray(local_bounds(layers, xs, [bound_cfg.radius], chunk_size=bound_cfg.chunk_size).log2_bound[:, 0])
+    srr = np.asarray(
+        single_region_radius(layers, xs, bound_cfg.r_max, bound_cfg.num_grid, bound_cfg.num_bisect).radius
+    )
     out = {}
-    for i, (name, xs) in enumerate(points.items()):
-        b = local_bounds(layers, xs, [bound_cfg.radius], chunk_size=bound_cfg.chunk_size)
-        log2 = np.asarray(b.log2_bound[:, 0])
-        srr = np.asarray(
-            single_region_radius(layers, xs, bound_cfg.r_max, bound_cfg.num_grid, bound_cfg.num_bisect).radius
-        )
-        summary = summarise_category(log2, srr)
-        res = {"log2_bound": log2, "single_region_radius": srr}
-        res.update(_extra_methods(layers, xs, bound_cfg, methods, jax.random.fold_in(key, i), summary))
+    for i, (name, c, s) in enumerate(zip(names, np.split(log2, splits), np.split(srr, splits))):
+        summary = summarise_category(c, s)
+        res = {"log2_bound": c, "single_region_radius": s}
+        res.update(_extra_methods(layers, points[name], bound_cfg, bound_cfg.methods, jax.random.fold_in(key, i), summary))
         res["summary"] = summary
         out[name] = res
     return out
@@ -358,6 +366,12 @@ def train_and_evaluate(cfg, workdir: str | Path) -> list[dict]:
         evaluate(0, state, None)
     for epoch in range(start + 1, cfg.epochs + 1):
         state, loss = epoch_fn(state, cats.train_x, cats.train_y, jax.random.fold_in(k_train, epoch))
+        if not np.isfinite(float(loss)):
+            _write_json(status_path, {"status": "failed", "epoch": epoch, "reason": "non-finite loss"})
+            raise TrainingDiverged(
+                f"training diverged at epoch {epoch} (loss {float(loss)}); lower lr or data.scale "
+                f"(now lr={cfg.optim.lr}, data.scale={cfg.data.scale})."
+            )
         if epoch % cfg.bound.eval_every == 0 or epoch == cfg.epochs:
             evaluate(epoch, state, float(loss))
     mngr.close()

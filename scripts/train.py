@@ -5,15 +5,18 @@ Thin Hydra entry point; the logic is lr_jax.train.train_and_evaluate.
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
+from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from lr_jax.config import ConfigError, register_configs
-from lr_jax.train import train_and_evaluate
+from lr_jax.config import register_configs
+from lr_jax.train import TrainingDiverged, train_and_evaluate
 
 register_configs()
 log = logging.getLogger("train")
@@ -25,9 +28,22 @@ def main(cfg: DictConfig) -> None:
     logging.getLogger("absl").setLevel(logging.WARNING)
     try:
         train_and_evaluate(cfg, HydraConfig.get().runtime.output_dir)
-    except (ConfigError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError, TrainingDiverged) as e:
         log.error("%s", e)
-        sys.exit(2)
+        _exit_unless_sweep(2, e)
+    except Exception as e:  # noqa: BLE001 - a sweep must outlive one broken job
+        log.exception("job failed")
+        _exit_unless_sweep(1, e, reraise=True)
+
+
+def _exit_unless_sweep(code: int, error: Exception, reraise: bool = False) -> None:
+    """Exits (or re-raises) in a single run; in a sweep marks the job failed and returns."""
+    if HydraConfig.get().mode != RunMode.MULTIRUN:
+        if reraise:
+            raise error
+        sys.exit(code)
+    status = Path(HydraConfig.get().runtime.output_dir) / "status.json"
+    status.write_text(json.dumps({"status": "failed", "reason": f"{type(error).__name__}: {error}"}) + "\n")
 
 
 if __name__ == "__main__":

@@ -320,3 +320,41 @@ def test_default_chunk_size_is_a_power_of_two_and_bounded():
     large = default_chunk_size([(np.zeros((784, 1024)), np.zeros(1024)), (np.zeros((1024, 10)), np.zeros(10))])
     assert small & (small - 1) == 0 and large & (large - 1) == 0
     assert 1 <= large < small
+
+
+def test_counts_only_mode_matches_full_output():
+    layers, xs, radii = _small_case()
+    full = local_bounds(layers, xs, radii)
+    counts = local_bounds(layers, xs, radii, masks=False)
+    assert counts.unstable is None and counts.changed is None and counts.deviation is None
+    np.testing.assert_array_equal(np.asarray(counts.num_unstable), np.asarray(full.num_unstable))
+
+
+_SHARDED_SCRIPT = """
+import jax, numpy as np
+assert len(jax.devices()) == 4, jax.devices()
+from lr_jax import local_bounds
+from tests.helpers import random_mlp
+rng = np.random.default_rng(11)
+layers = random_mlp(rng, 6, [9, 4, 7])
+xs = rng.normal(size=(13, 6))  # not a multiple of 4 devices
+radii = np.array([0.05, 0.3, 1.0])
+one = local_bounds(layers, xs, radii, devices=jax.devices()[:1], chunk_size=5)
+four = local_bounds(layers, xs, radii, chunk_size=5)
+for a, b in zip(one, four):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+print("sharded ok", len(four.num_unstable.sharding.device_set))
+"""
+
+
+def test_sharded_over_forced_host_devices_equals_single_device():
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "PYTHONPATH": str(root)}
+    proc = subprocess.run([sys.executable, "-c", _SHARDED_SCRIPT], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "sharded ok" in proc.stdout

@@ -1,0 +1,125 @@
+"""The paper's observations (sections 1 and 5.2) as checks on a sweep's per-seed rows.
+
+Each check returns numbers, not only a verdict, so that a report can say how
+strongly a claim held. Inputs are the rows of :func:`lr_jax.sweep.collect_runs`
+(one per job, epoch and category). Pure functions.
+
+The claims:
+
+1. the local bounds around all four categories first decrease over the first
+   epochs, then increase (``dip_then_rise`` on ``mean_bound`` / ``mean_log2_bound``);
+2. the distance to the nearest boundary follows the opposite trend
+   (``rise_then_dip`` on ``mean_single_region_radius``);
+3. the trend is clearer on train and test points than on random points
+   (the size of the dip relative to the start, per category);
+4. spheres centred at training points contain more linear regions than those
+   at random points (train vs random1/random2 at every epoch);
+5. the number of points with a single region grows with training until
+   convergence (``num_single_region`` at the end vs epoch 0, and its rank
+   correlation with the epoch).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+CATEGORIES = ("train", "test", "random1", "random2")
+
+
+def _trajectories(rows, lr, depth, category, metric) -> tuple[np.ndarray, np.ndarray]:
+    """``epochs [E]`` and values ``[S, E]`` (one row per seed) of one metric."""
+    seeds = sorted({r["seed"] for r in rows if r["lr"] == lr and r["depth"] == depth})
+    epochs = sorted({r["epoch"] for r in rows if r["lr"] == lr and r["depth"] == depth})
+    table = {(r["seed"], r["epoch"]): r[metric] for r in rows
+             if r["lr"] == lr and r["depth"] == depth and r["category"] == category}
+    values = np.array([[table.get((s, e), np.nan) for e in epochs] for s in seeds], dtype=np.float64)
+    return np.asarray(epochs), values
+
+
+def dip_then_rise(epochs: np.ndarray, values: np.ndarray) -> dict:
+    """Does the seed-mean trajectory fall to an interior minimum and rise again?
+
+    Returns the mean trajectory's start, minimum, end, the epoch of the
+    minimum, and per seed whether its own minimum is interior with a fall and a
+    rise (``seeds_dip_then_rise`` out of ``n_seeds``).
+    """
+    mean = np.nanmean(values, axis=0)
+    i = int(np.nanargmin(mean))
+    per_seed = [
+        0 < int(np.nanargmin(v)) < len(v) - 1 and v[0] > np.nanmin(v) < v[-1] for v in values
+    ]
+    return {
+        "start": float(mean[0]),
+        "min": float(mean[i]),
+        "end": float(mean[-1]),
+        "argmin_epoch": int(epochs[i]),
+        "holds_on_mean": bool(0 < i < len(mean) - 1 and mean[0] > mean[i] < mean[-1]),
+        "seeds_dip_then_rise": int(sum(per_seed)),
+        "n_seeds": int(values.shape[0]),
+        "relative_dip": float((mean[0] - mean[i]) / mean[0]) if mean[0] else 0.0,
+        "relative_rise": float((mean[-1] - mean[i]) / mean[i]) if mean[i] else 0.0,
+    }
+
+
+def rise_then_dip(epochs: np.ndarray, values: np.ndarray) -> dict:
+    """The mirror of :func:`dip_then_rise` (for distances)."""
+    out = dip_then_rise(epochs, -values)
+    return {
+        "start": -out["start"],
+        "max": -out["min"],
+        "end": -out["end"],
+        "argmax_epoch": out["argmin_epoch"],
+        "holds_on_mean": out["holds_on_mean"],
+        "seeds_rise_then_dip": out["seeds_dip_then_rise"],
+        "n_seeds": out["n_seeds"],
+    }
+
+
+def _spearman(x: np.ndarray, y: np.ndarray) -> float:
+    rx, ry = np.argsort(np.argsort(x)), np.argsort(np.argsort(y))
+    if np.std(rx) == 0 or np.std(ry) == 0:
+        return 0.0
+    return float(np.corrcoef(rx, ry)[0, 1])
+
+
+def check_claims(rows: Sequence[dict]) -> list[dict]:
+    """All five claims for every (lr, depth) of the sweep; one dict per claim and setting."""
+    out = []
+    for lr in sorted({r["lr"] for r in rows}, reverse=True):
+        for depth in sorted({r["depth"] for r in rows}):
+            setting = {"lr": lr, "depth": depth}
+            dips = {}
+            for cat in CATEGORIES:
+                epochs, bound = _trajectories(rows, lr, depth, cat, "mean_log2_bound")
+                _, mean_bound = _trajectories(rows, lr, depth, cat, "mean_bound")
+                _, radius = _trajectories(rows, lr, depth, cat, "mean_single_region_radius")
+                _, single = _trajectories(rows, lr, depth, cat, "num_single_region")
+                dips[cat] = dip_then_rise(epochs, bound)
+                out.append({**setting, "claim": 1, "category": cat, "metric": "mean_log2_bound", **dips[cat]})
+                out.append({**setting, "claim": 1, "category": cat, "metric": "mean_bound", **dip_then_rise(epochs, mean_bound)})
+                out.append({**setting, "claim": 2, "category": cat, "metric": "mean_single_region_radius", **rise_then_dip(epochs, radius)})
+                m = np.nanmean(single, axis=0)
+                out.append({
+                    **setting, "claim": 5, "category": cat, "metric": "num_single_region",
+                    "start": float(m[0]), "end": float(m[-1]), "max": float(np.max(m)),
+                    "spearman_with_epoch": _spearman(epochs, m),
+                    "seeds_end_above_start": int(np.sum(single[:, -1] > single[:, 0])),
+                    "n_seeds": int(single.shape[0]),
+                })
+            out.append({
+                **setting, "claim": 3, "metric": "relative_dip of mean C",
+                **{f"{c}_relative_dip": dips[c]["relative_dip"] for c in CATEGORIES},
+                **{f"{c}_seeds_dip_then_rise": dips[c]["seeds_dip_then_rise"] for c in CATEGORIES},
+            })
+            _, train = _trajectories(rows, lr, depth, "train", "mean_log2_bound")
+            for cat in ("random1", "random2"):
+                _, other = _trajectories(rows, lr, depth, cat, "mean_log2_bound")
+                out.append({
+                    **setting, "claim": 4, "category": cat, "metric": "mean_log2_bound",
+                    "train_minus_random_mean": float(np.nanmean(train - other)),
+                    "cells_train_above": int(np.sum(train > other)),
+                    "cells": int(np.sum(~np.isnan(train - other))),
+                })
+    return out

@@ -1,0 +1,147 @@
+"""Aggregation of a Hydra multirun of ``scripts/train.py`` (the Figure 3 sweep).
+
+:func:`collect_runs` reads every job's ``.hydra/config.yaml``, ``status.json`` and
+``metrics.jsonl`` (I/O); :func:`summarise` reduces the rows over seeds to a mean,
+standard deviation and count per (lr, depth, category, epoch) and metric (pure).
+Jobs that are absent, unfinished or failed are reported, never silently dropped.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+from pathlib import Path
+from typing import NamedTuple, Sequence
+
+import numpy as np
+import yaml
+
+GROUP_KEYS = ("lr", "depth", "category", "epoch")
+# Sweep parameters that identify a job; the seed is what is averaged over.
+JOB_KEYS = ("lr", "depth", "seed")
+
+
+class SweepRuns(NamedTuple):
+    """What :func:`collect_runs` found.
+
+    Attributes:
+      rows: metrics rows of every complete job, each with ``lr``, ``depth`` and
+        ``seed`` added.
+      complete: ``(lr, depth, seed)`` of the complete jobs.
+      missing: ``{"lr", "depth", "seed", "reason", "dir"}`` for every expected job
+        that is absent, unfinished or failed.
+    """
+
+    rows: list
+    complete: list
+    missing: list
+
+
+def _expected_jobs(multirun_dir: Path) -> list[tuple] | None:
+    """(lr, depth, seed) grid from the sweep's ``multirun.yaml``, if it can be read."""
+    path = multirun_dir / "multirun.yaml"
+    if not path.exists():
+        return None
+    cfg = yaml.safe_load(path.read_text())
+    params = ((cfg.get("hydra") or {}).get("sweeper") or {}).get("params") or {}
+    overrides = ((cfg.get("hydra") or {}).get("overrides") or {}).get("task") or []
+    values = {k: _parse_values(str(v)) for k, v in params.items()}
+    for o in overrides:
+        key, _, value = o.partition("=")
+        values[key.lstrip("+")] = _parse_values(value)
+    if not all(k in values for k in JOB_KEYS):
+        return None
+    return list(itertools.product(*(values[k] for k in JOB_KEYS)))
+
+
+def _parse_values(text: str) -> list:
+    """Hydra sweep syntax for the values used here: ``a,b,c`` or ``range(n)``/``range(a,b)``."""
+    text = text.strip()
+    if text.startswith("range(") and text.endswith(")"):
+        return list(range(*(int(v) for v in text[6:-1].split(","))))
+    return [yaml.safe_load(v) for v in text.split(",")]
+
+
+def collect_runs(multirun_dir: str | Path) -> SweepRuns:
+    """Reads every job of a multirun folder.
+
+    A job counts as complete when its ``status.json`` says ``complete``. When
+    the folder's ``multirun.yaml`` gives the (lr, depth, seed) grid, jobs of the
+    grid with no folder at all are reported missing too.
+    """
+    root = Path(multirun_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(f"no multirun folder at {root}.")
+    rows, complete, missing, seen = [], [], [], set()
+    for cfg_path in sorted(root.glob("**/.hydra/config.yaml")):
+        job_dir = cfg_path.parent.parent
+        cfg = yaml.safe_load(cfg_path.read_text())
+        # The top-level aliases hold the values; the groups only interpolate them.
+        key = (float(cfg["lr"]), int(cfg["depth"]), int(cfg["seed"]))
+        seen.add(key)
+        status_path = job_dir / "status.json"
+        status = json.loads(status_path.read_text()) if status_path.exists() else {"status": "not started"}
+        if status.get("status") != "complete" or not (job_dir / "metrics.jsonl").exists():
+            missing.append({**dict(zip(JOB_KEYS, key)), "reason": status.get("reason", status.get("status")), "dir": str(job_dir)})
+            continue
+        complete.append(key)
+        for line in (job_dir / "metrics.jsonl").read_text().splitlines():
+            if line.strip():
+                rows.append({**json.loads(line), **dict(zip(JOB_KEYS, key))})
+    expected = _expected_jobs(root)
+    if expected:
+        for lr, depth, seed in expected:
+            key = (float(lr), int(depth), int(seed))
+            if key not in seen:
+                missing.append({"lr": key[0], "depth": key[1], "seed": key[2], "reason": "no job folder", "dir": None})
+    return SweepRuns(rows, sorted(complete), missing)
+
+
+def numeric_metrics(rows: Sequence[dict]) -> list[str]:
+    """Names of the numeric metric fields of the rows (not the grouping keys)."""
+    skip = set(GROUP_KEYS) | set(JOB_KEYS)
+    names = dict.fromkeys(
+        k for r in rows for k, v in r.items() if k not in skip and isinstance(v, (int, float)) and not isinstance(v, bool)
+    )
+    return list(names)
+
+
+def summarise(rows: Sequence[dict]) -> list[dict]:
+    """Mean, standard deviation (ddof=0) and count over seeds of every metric.
+
+    Args:
+      rows: metrics rows with ``lr``, ``depth``, ``category``, ``epoch`` (and ``seed``).
+
+    Returns:
+      One dict per (lr, depth, category, epoch), sorted, with ``<metric>_mean``,
+      ``<metric>_std`` and ``<metric>_n`` for every numeric metric (NaNs
+      ignored).
+    """
+    metrics = numeric_metrics(rows)
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(tuple(r[k] for k in GROUP_KEYS), []).append(r)
+    out = []
+    for key in sorted(groups, key=lambda k: (-k[0], k[1], k[2], k[3])):
+        group = groups[key]
+        summary = dict(zip(GROUP_KEYS, key))
+        for m in metrics:
+            vals = np.array([g[m] for g in group if m in g and g[m] is not None], dtype=np.float64)
+            vals = vals[~np.isnan(vals)]
+            summary[f"{m}_mean"] = float(vals.mean()) if vals.size else math.nan
+            summary[f"{m}_std"] = float(vals.std()) if vals.size else math.nan
+            summary[f"{m}_n"] = int(vals.size)
+        out.append(summary)
+    return out
+
+
+def write_csv(summary: Sequence[dict], path: str | Path) -> None:
+    """Writes :func:`summarise`'s rows as CSV (columns in first-seen order)."""
+    import csv
+
+    columns = list(dict.fromkeys(k for row in summary for k in row))
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=columns)
+        w.writeheader()
+        w.writerows(summary)

@@ -1,0 +1,54 @@
+"""Aggregate a Figure 3 sweep and draw its figures: ``python scripts/plot.py MULTIRUN_DIR [--out DIR]``.
+
+Writes ``summary.csv``, ``claims.json`` (the paper's five observations
+checked per (lr, depth), lr_jax.claims), (mean, std and n over seeds of every metric per
+(lr, depth, category, epoch)), ``missing_jobs.json``, ``figure3.png/.pdf``,
+``figure3_radius.png/.pdf`` and ``figure3_log2.png/.pdf``. Thin wrapper over
+lr_jax.sweep and lr_jax.plots.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from lr_jax.claims import check_claims
+from lr_jax.plots import plot_figure3
+from lr_jax.sweep import collect_runs, summarise, write_csv
+
+log = logging.getLogger("plot")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("multirun_dir", type=Path)
+    p.add_argument("--out", type=Path, default=None, help="output folder (default: MULTIRUN_DIR)")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        runs = collect_runs(args.multirun_dir)
+    except FileNotFoundError as e:
+        log.error("%s", e)
+        return 2
+    if not runs.rows:
+        log.error("no complete job under %s (missing: %d).", args.multirun_dir, len(runs.missing))
+        return 1
+    out = args.out or args.multirun_dir
+    out.mkdir(parents=True, exist_ok=True)
+    summary = summarise(runs.rows)
+    write_csv(summary, out / "summary.csv")
+    (out / "missing_jobs.json").write_text(json.dumps(runs.missing, indent=2) + "\n")
+    (out / "claims.json").write_text(json.dumps(check_claims(runs.rows), indent=2) + "\n")
+    for path in plot_figure3(summary, out):
+        log.info("wrote %s", path)
+    log.info("%d complete jobs, %d missing", len(runs.complete), len(runs.missing))
+    for m in runs.missing:
+        log.warning("missing job lr=%s depth=%s seed=%s: %s", m["lr"], m["depth"], m["seed"], m["reason"])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,111 @@
+"""Aggregation of a multirun folder and the Figure 3 plots."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from lr_jax.sweep import collect_runs, summarise
+from tests.conftest import ROOT, TINY
+
+CATS = ("train", "test", "random1", "random2")
+
+
+def _write_job(root, lr, depth, seed, status="complete", value=0.0):
+    job = root / f"lr{lr}_depth{depth}_seed{seed}"
+    (job / ".hydra").mkdir(parents=True)
+    (job / ".hydra" / "config.yaml").write_text(yaml.safe_dump({"lr": lr, "depth": depth, "seed": seed, "optim": {"lr": "${lr}"}}))
+    (job / "status.json").write_text(json.dumps({"status": status}))
+    rows = [
+        {"epoch": e, "category": c, "mean_bound": value + e, "num_single_region": seed, "mean_single_region_radius": 0.1 * seed}
+        for e in (0, 2)
+        for c in CATS
+    ]
+    (job / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+@pytest.fixture
+def synthetic_multirun(tmp_path):
+    # Seeds 0, 1, 2 for (0.02, 2); seed 2 unfinished; seed 3 expected by the grid but absent.
+    for seed, value in ((0, 1.0), (1, 3.0)):
+        _write_job(tmp_path, 0.02, 2, seed, value=value)
+    _write_job(tmp_path, 0.02, 2, 2, status="running", value=100.0)
+    (tmp_path / "multirun.yaml").write_text(
+        yaml.safe_dump({"hydra": {"sweeper": {"params": {"lr": "0.02", "depth": "2", "seed": "range(4)"}}, "overrides": {"task": []}}})
+    )
+    return tmp_path
+
+
+def test_collect_reports_missing_jobs(synthetic_multirun):
+    runs = collect_runs(synthetic_multirun)
+    assert runs.complete == [(0.02, 2, 0), (0.02, 2, 1)]
+    missing = {(m["seed"], m["reason"]) for m in runs.missing}
+    assert missing == {(2, "running"), (3, "no job folder")}
+    assert len(runs.rows) == 2 * 2 * 4
+
+
+def test_summary_means_and_stds_are_exact(synthetic_multirun):
+    summary = summarise(collect_runs(synthetic_multirun).rows)
+    assert len(summary) == 2 * 4  # epochs x categories
+    row = next(r for r in summary if r["epoch"] == 2 and r["category"] == "test")
+    # mean_bound is value + epoch: seeds give 3 and 5 -> mean 4, std 1 (ddof 0).
+    assert row["mean_bound_mean"] == 4.0 and row["mean_bound_std"] == 1.0 and row["mean_bound_n"] == 2
+    assert row["num_single_region_mean"] == 0.5 and row["num_single_region_std"] == 0.5
+    assert row["mean_single_region_radius_mean"] == pytest.approx(0.05)
+
+
+def test_plot_script_writes_figures_and_summary(synthetic_multirun, tmp_path):
+    out = tmp_path / "figs"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "plot.py"), str(synthetic_multirun), "--out", str(out)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    for name in ("figure3", "figure3_radius", "figure3_log2"):
+        for ext in ("png", "pdf"):
+            assert (out / f"{name}.{ext}").stat().st_size > 5_000
+    with open(out / "summary.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert {r["category"] for r in rows} == set(CATS) and len(rows) == 8
+    assert len(json.loads((out / "missing_jobs.json").read_text())) == 2
+    assert "seed=3" in proc.stderr
+
+
+def test_plot_script_on_missing_folder_fails_clearly(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "plot.py"), str(tmp_path / "nope")], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 2 and "no multirun folder" in proc.stderr
+
+
+@pytest.mark.slow
+def test_two_job_multirun_end_to_end(tmp_path):
+    sweep = tmp_path / "multirun"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "train.py"), "-m", *TINY, "plot=false", "seed=0,1", f"hydra.sweep.dir={sweep}"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = collect_runs(sweep)
+    assert len(runs.complete) == 2 and not runs.missing
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "plot.py"), str(sweep)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert (sweep / "figure3.png").exists() and (sweep / "summary.csv").exists()
+
+
+@pytest.mark.slow
+def test_failed_job_does_not_lose_the_others(tmp_path):
+    sweep = tmp_path / "multirun"
+    # lr=-1 fails validation; the job with lr=0.02 must still complete.
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "train.py"), "-m", *TINY, "plot=false", "lr=0.02,-1", f"hydra.sweep.dir={sweep}"],
+        capture_output=True, text=True, timeout=600,
+    )
+    runs = collect_runs(sweep)
+    assert [k[0] for k in runs.complete] == [0.02]
+    assert [m["lr"] for m in runs.missing] == [-1.0]
