@@ -86,6 +86,10 @@ def _spearman(x: np.ndarray, y: np.ndarray) -> float:
 
 def check_claims(rows: Sequence[dict]) -> list[dict]:
     """All five claims for every (lr, depth) of the sweep; one dict per claim and setting."""
+    present = {k for r in rows for k in r}
+    needed = {"mean_log2_bound", "mean_bound", "mean_single_region_radius", "num_single_region"}
+    if not needed <= present:
+        return [{"claim": None, "skipped": f"rows lack {sorted(needed - present)}"}]
     out = []
     for lr in sorted({r["lr"] for r in rows}, reverse=True):
         for depth in sorted({r["depth"] for r in rows}):

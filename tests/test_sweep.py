@@ -22,7 +22,14 @@ def _write_job(root, lr, depth, seed, status="complete", value=0.0):
     (job / ".hydra" / "config.yaml").write_text(yaml.safe_dump({"lr": lr, "depth": depth, "seed": seed, "optim": {"lr": "${lr}"}}))
     (job / "status.json").write_text(json.dumps({"status": status}))
     rows = [
-        {"epoch": e, "category": c, "mean_bound": value + e, "num_single_region": seed, "mean_single_region_radius": 0.1 * seed}
+        {
+            "epoch": e,
+            "category": c,
+            "mean_bound": value + e,
+            "mean_log2_bound": 1.0 + seed,
+            "num_single_region": seed,
+            "mean_single_region_radius": 0.1 * seed,
+        }
         for e in (0, 2)
         for c in CATS
     ]
@@ -74,6 +81,10 @@ def test_plot_script_writes_figures_and_summary(synthetic_multirun, tmp_path):
     assert {r["category"] for r in rows} == set(CATS) and len(rows) == 8
     assert len(json.loads((out / "missing_jobs.json").read_text())) == 2
     assert "seed=3" in proc.stderr
+    claims = json.loads((out / "claims.json").read_text())
+    claim4 = [c for c in claims if c["claim"] == 4]
+    # mean_log2_bound is 1 + seed for every category, so train is never above random.
+    assert claim4 and all(c["cells_train_above"] == 0 and c["train_minus_random_mean"] == 0 for c in claim4)
 
 
 def test_plot_script_on_missing_folder_fails_clearly(tmp_path):
@@ -109,3 +120,19 @@ def test_failed_job_does_not_lose_the_others(tmp_path):
     runs = collect_runs(sweep)
     assert [k[0] for k in runs.complete] == [0.02]
     assert [m["lr"] for m in runs.missing] == [-1.0]
+
+
+def test_dip_then_rise_on_known_trajectories():
+    import numpy as np
+
+    from lr_jax.claims import dip_then_rise, rise_then_dip
+
+    epochs = np.array([0, 2, 4, 6])
+    v_shape = np.array([[3.0, 1.0, 2.0, 4.0], [3.0, 2.0, 1.0, 2.0]])
+    out = dip_then_rise(epochs, v_shape)
+    assert out["holds_on_mean"] and out["argmin_epoch"] == 2 and out["seeds_dip_then_rise"] == 2
+    assert out["start"] == 3.0 and out["min"] == 1.5 and out["relative_dip"] == 0.5
+    falling = np.array([[4.0, 3.0, 2.0, 1.0]])
+    assert not dip_then_rise(epochs, falling)["holds_on_mean"]
+    hump = rise_then_dip(epochs, -v_shape)
+    assert hump["holds_on_mean"] and hump["max"] == -1.5 and hump["argmax_epoch"] == 2
