@@ -4,21 +4,51 @@ Public API (stable):
 
 * :func:`local_bound`, :func:`local_bounds`, :class:`LocalBound`: Algorithm 1 of
   Zhu, Lin & Tang, an upper bound on the number of linear regions meeting
-  the ball ``B_r(x)``.
+  the ball ``B_r(x)``; ``local_bounds(..., method="tight")`` and
+  :func:`tight_bounds`: a tighter certified upper bound.
 * :func:`single_region_radius`: a certified lower bound on the distance from a
   point to its nearest region boundary.
-* :func:`layers_from_flax`, :func:`layers_from_numpy`: converters to the
+* :func:`sample_regions`: a lower bound (distinct activation patterns found by
+  sampling the ball and walking chords exactly).
+* :func:`count_regions`, :class:`RegionCount`: the exact number of regions
+  meeting a ball, for small networks (needs ``clarabel``; imported lazily).
+* :func:`layers_from_flax`, :func:`layers_from_sequential`,
+  :func:`layers_from_nnx`, :func:`layers_from_numpy`: converters to the
   ``layers`` format (``(W [fan_in, fan_out], b [fan_out])`` pairs).
 """
 
+from lr_jax.layer_converters import layers_from_nnx, layers_from_sequential
 from lr_jax.layers import layers_from_flax, layers_from_numpy, validate_layers
 from lr_jax.local_bound import LocalBound, local_bound, local_bounds
+from lr_jax.sampled_regions import sample_regions
+from lr_jax.single_region_radius import SingleRegionRadius, single_region_radius
+from lr_jax.tight_bound import tight_bounds
+
+_LAZY = {"count_regions": "lr_jax.exact_count", "RegionCount": "lr_jax.exact_count"}
+
+
+def __getattr__(name):
+    # The exact counter pulls in a conic solver; load it only when asked for.
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'lr_jax' has no attribute {name!r}")
+
 
 __all__ = [
     "LocalBound",
+    "RegionCount",
+    "SingleRegionRadius",
+    "count_regions",
     "layers_from_flax",
+    "layers_from_nnx",
     "layers_from_numpy",
+    "layers_from_sequential",
     "local_bound",
     "local_bounds",
+    "sample_regions",
+    "single_region_radius",
+    "tight_bounds",
     "validate_layers",
 ]

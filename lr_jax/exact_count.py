@@ -83,7 +83,7 @@ _MARGIN_CAP = 4.0
 # Fallback seeds when the centre lies on a boundary: points at half the radius
 # in fixed pseudo-random directions (a local generator: no global randomness).
 _NUM_FALLBACK_SEEDS = 64
-_SEED_RNG = 20240607
+_FALLBACK_SEED = 20240607
 
 
 class RegionCount(NamedTuple):
@@ -144,7 +144,6 @@ def _maps_under_pattern(weights, x0, masks, start: int = 0, prefix: _Maps | None
     the masks of layer ``start - 1`` onward), so flipping one neuron of layer
     ``l`` only recomputes layers ``l + 1, ...``.
     """
-    d = x0.shape[0]
     linear = list(prefix.linear[:start]) if prefix else []
     value = list(prefix.value[:start]) if prefix else []
     if start == 0:
@@ -157,11 +156,11 @@ def _maps_under_pattern(weights, x0, masks, start: int = 0, prefix: _Maps | None
         m = masks[k - 1]
         linear.append((linear[k - 1] * m) @ W)
         value.append((value[k - 1] * m) @ W + b)
-    assert linear[0].shape[0] == d
     return _Maps(linear, value)
 
 
 def _rows(maps: _Maps, pattern: np.ndarray) -> _Rows:
+    """Unit-normal rows ``m_j(x0 + y) = centre_margin_j + normals_j . y`` of a pattern."""
     normals, margins, constant = [], [], []
     for A, v in zip(maps.linear, maps.value):
         norms = np.linalg.norm(A, axis=0)
@@ -179,6 +178,7 @@ def _rows(maps: _Maps, pattern: np.ndarray) -> _Rows:
 
 
 def _constant_rows_agree(maps: _Maps, rows: _Rows, pattern: np.ndarray) -> bool:
+    """Constant rows must carry their constant's sign (on iff ``c_j > 0``)."""
     value = np.concatenate(maps.value)
     return bool(np.all(pattern[rows.constant] == (value[rows.constant] > 0)))
 
@@ -186,8 +186,8 @@ def _constant_rows_agree(maps: _Maps, rows: _Rows, pattern: np.ndarray) -> bool:
 class _Oracle:
     """Decides patterns for one ball; holds the solver settings and counters."""
 
-    def __init__(self, x0: np.ndarray, radius: float, tol: float):
-        self.x0, self.radius, self.tol = x0, radius, tol
+    def __init__(self, radius: float, tol: float):
+        self.radius, self.tol = radius, tol
         self.num_programs = 0
         self._settings = clarabel.DefaultSettings()
         self._settings.verbose = False
@@ -232,6 +232,8 @@ class _Oracle:
         cones = [clarabel.NonnegativeConeT(m + 1), clarabel.SecondOrderConeT(d + 1)]
         solution = clarabel.DefaultSolver(P, q, A, b, cones, settings).solve()
         z = np.asarray(solution.x)
+        if not np.all(np.isfinite(z)):
+            return -np.inf, -np.inf  # a failed solve certifies nothing
         u = z[:d]
         norm = np.linalg.norm(u)
         if norm > 1.0:
@@ -269,7 +271,7 @@ class _Search:
         widths = [W.shape[1] for W, _ in weights]
         self.offsets = np.concatenate([[0], np.cumsum(widths)])
         self.layer_of = np.repeat(np.arange(len(widths)), widths)
-        self.oracle = _Oracle(x0, radius, tol)
+        self.oracle = _Oracle(radius, tol)
 
     def evaluate(self, pattern, start=0, parent: _Region | None = None) -> _Region | None:
         maps = _maps_under_pattern(
@@ -285,7 +287,7 @@ class _Search:
         if region is not None or self.radius == 0.0:
             return region
         d = self.x0.shape[0]
-        directions = np.random.default_rng(_SEED_RNG).normal(size=(_NUM_FALLBACK_SEEDS, d))
+        directions = np.random.default_rng(_FALLBACK_SEED).normal(size=(_NUM_FALLBACK_SEEDS, d))
         directions /= np.linalg.norm(directions, axis=1, keepdims=True)
         for v in directions:
             region = self.evaluate(_forward_pattern(self.weights, self.x0 + 0.5 * self.radius * v))
@@ -302,7 +304,9 @@ class _Search:
         n = int(self.offsets[-1])
         first = self.seed()
         if first is None:
-            return RegionCount(0, True, np.zeros((0, n), bool))
+            # For r > 0 some region always meets the ball (their closures cover
+            # it), so finding none means the seeding failed: not complete.
+            return RegionCount(0, self.radius == 0.0, np.zeros((0, n), bool))
         visited = {first.pattern.tobytes()}
         found = [first.pattern]
         queue = deque([first])

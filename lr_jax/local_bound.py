@@ -279,11 +279,20 @@ def map_points_in_chunks(fn, xs: jax.Array, points_per_chunk: int):
     return jax.tree.map(lambda a: a.reshape((-1,) + a.shape[2:])[:n], out)
 
 
-def _bounds_for_points(packed: PackedLayers, xs: jax.Array, radii: jax.Array, masks: bool) -> LocalBound:
+def _bounds_for_points(
+    packed: PackedLayers, xs: jax.Array, radii: jax.Array, masks: bool, method: str
+) -> LocalBound:
     """``[c]`` points x ``[R]`` radii; the centre's pass is shared by its radii."""
     preacts = jax.vmap(centre_preactivations, in_axes=(None, 0))(packed, xs)  # [c, H, W]
     n, r = xs.shape[0], radii.shape[0]
-    out = bounds_for_pairs(packed, jnp.repeat(preacts, r, axis=0), jnp.tile(radii, n))
+    if method == "paper":
+        out = bounds_for_pairs(packed, jnp.repeat(preacts, r, axis=0), jnp.tile(radii, n))
+    else:
+        # Imported here: tight_bound builds on this module.
+        from lr_jax.tight_bound import tight_bound_at_radius
+
+        pair = jax.vmap(tight_bound_at_radius, in_axes=(None, 0, 0, 0))
+        out = pair(packed, jnp.repeat(xs, r, axis=0), jnp.repeat(preacts, r, axis=0), jnp.tile(radii, n))
     if not masks:
         out = out._replace(unstable=None, changed=None, deviation=None)
     return jax.tree.map(lambda a: a.reshape((n, r) + a.shape[1:]), out)
@@ -292,7 +301,7 @@ def _bounds_for_points(packed: PackedLayers, xs: jax.Array, radii: jax.Array, ma
 _POINTS = "points"
 
 
-def _local_bounds_impl(layers, xs, radii, chunk_size, masks, mesh):
+def _local_bounds_impl(layers, xs, radii, chunk_size, masks, mesh, method):
     packed = pack_layers(layers, xs.dtype)
     points_per_chunk = max(1, chunk_size // radii.shape[0])
     n, num_devices = xs.shape[0], mesh.devices.size
@@ -300,7 +309,9 @@ def _local_bounds_impl(layers, xs, radii, chunk_size, masks, mesh):
     xs = _pad_to_chunks(xs, -(-n // num_devices)).reshape((-1,) + xs.shape[1:])
 
     def local(xs_shard):
-        return map_points_in_chunks(lambda x: _bounds_for_points(packed, x, radii, masks), xs_shard, points_per_chunk)
+        return map_points_in_chunks(
+            lambda x: _bounds_for_points(packed, x, radii, masks, method), xs_shard, points_per_chunk
+        )
 
     spec = jax.sharding.PartitionSpec(_POINTS)
     out = jax.shard_map(local, mesh=mesh, in_specs=spec, out_specs=spec, check_vma=False)(xs)
@@ -308,7 +319,8 @@ def _local_bounds_impl(layers, xs, radii, chunk_size, masks, mesh):
 
 
 _local_bound_jit = jax.jit(_local_bound_impl)
-_local_bounds_jit = jax.jit(_local_bounds_impl, static_argnames=("chunk_size", "masks", "mesh"))
+_local_bounds_jit = jax.jit(_local_bounds_impl, static_argnames=("chunk_size", "masks", "mesh", "method"))
+METHODS = ("paper", "tight")
 
 
 def points_mesh(devices=None) -> jax.sharding.Mesh:
@@ -422,6 +434,7 @@ def local_bounds(
     xs: jax.Array,
     radii,
     *,
+    method: str = "paper",
     chunk_size: int | None = None,
     masks: bool = True,
     devices: Sequence[jax.Device] | None = None,
@@ -439,6 +452,9 @@ def local_bounds(
       layers: as in :func:`local_bound`.
       xs: ``[N, d]`` centres.
       radii: ``[R]`` radii (a scalar is taken as ``R = 1``).
+      method: ``"paper"`` (default): Algorithm 1 exactly; ``"tight"``: the
+        tighter certified bound of :mod:`lr_jax.tight_bound` (same fields,
+        ``log2_bound`` never above the paper's).
       chunk_size: (point, radius) pairs per chunk and device; default
         :func:`default_chunk_size`.
       masks: False to return only ``num_unstable`` and ``log2_bound`` (the
@@ -449,10 +465,14 @@ def local_bounds(
     Returns:
       :class:`LocalBound` whose fields have leading axes ``[N, R]``.
     """
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}.")
     layers, xs, radii = prepare_inputs(layers, xs, radii, batched=True)
     if chunk_size is None:
         chunk_size = default_chunk_size(layers, xs.dtype)
     if int(chunk_size) < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}.")
     mesh = points_mesh(devices)
-    return _local_bounds_jit(layers, xs, radii, chunk_size=int(chunk_size), masks=bool(masks), mesh=mesh)
+    return _local_bounds_jit(
+        layers, xs, radii, chunk_size=int(chunk_size), masks=bool(masks), mesh=mesh, method=method
+    )

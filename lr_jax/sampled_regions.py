@@ -144,8 +144,8 @@ def _count_one(
     max_breakpoints: int,
 ) -> jax.Array:
     """Distinct patterns in one ball; scalar int32."""
-    # Few random-number calls on purpose: each one is a threefry instance
-    # that XLA compiles separately, and on CPU they dominate compile time.
+    # One normal draw serves the points and the chord directions: every
+    # random-number call is another threefry instance for XLA to compile.
     k_hash, k_normal = jax.random.split(key)
     num_bits = (packed.kernels.shape[0] + 1) * packed.first_bias.shape[0]  # H * W
     weights = jax.random.bits(k_hash, (2, num_bits), jnp.uint32) | jnp.uint32(1)

@@ -69,14 +69,7 @@ import jax.numpy as jnp
 from jax.scipy.special import gammaln, logsumexp
 
 from lr_jax.layers import Layer
-from lr_jax.local_bound import (
-    LocalBound,
-    PackedLayers,
-    bound_at_radius,
-    centre_preactivations,
-    pack_layers,
-    prepare_inputs,
-)
+from lr_jax.local_bound import LocalBound, PackedLayers, bound_at_radius, local_bounds
 
 _HIGHEST = jax.lax.Precision.HIGHEST
 
@@ -180,9 +173,12 @@ def _crown_unstable(packed: PackedLayers, x, preacts, radius, paper: LocalBound)
     return jnp.stack(unstable), jnp.stack(dead)
 
 
-def _log2_binomial_prefix(n, k, max_n: int):
-    """``log2 sum_{j=0}^{min(k, n)} binom(n, j)`` for integer ``n <= max_n``, exact ``n`` when ``k >= n``."""
-    dtype = jnp.result_type(float)
+def _log2_binomial_prefix(n, k, max_n: int, dtype=jnp.float32):
+    """``log2 sum_{j=0}^{min(k, n)} binom(n, j)`` for integers ``0 <= n <= max_n``.
+
+    Exactly ``n`` when ``k >= n`` (the sum is ``2^n``); otherwise through
+    ``gammaln`` and ``logsumexp``, so no binomial is ever formed.
+    """
     j = jnp.arange(max_n + 1, dtype=dtype)
     nf = n.astype(dtype)
     log_binom = gammaln(nf + 1) - gammaln(j + 1) - gammaln(jnp.maximum(nf - j, 0.0) + 1)
@@ -191,7 +187,7 @@ def _log2_binomial_prefix(n, k, max_n: int):
     return jnp.where(k >= n, nf, jnp.minimum(partial, nf))
 
 
-def _log2_region_bound(unstable, dead, input_dim: int):
+def _log2_region_bound(unstable, dead, input_dim: int, dtype):
     """``min(C, sum_l log2 sum_{j <= d_l} binom(C_l, j))`` (module docstring, part 2)."""
     per_layer = jnp.sum(unstable, axis=-1, dtype=jnp.int32)  # C_l, [H]
     alive = unstable.shape[-1] - jnp.sum(dead, axis=-1, dtype=jnp.int32)  # padding is dead
@@ -199,7 +195,7 @@ def _log2_region_bound(unstable, dead, input_dim: int):
     rank = jnp.minimum(input_dim, jax.lax.cummin(alive))
     dims = jnp.concatenate([jnp.array([input_dim], jnp.int32), rank[:-1]])
     width = unstable.shape[-1]
-    logs = jax.vmap(lambda n, k: _log2_binomial_prefix(n, k, width))(per_layer, dims)
+    logs = jax.vmap(lambda n, k: _log2_binomial_prefix(n, k, width, dtype))(per_layer, dims)
     total = jnp.sum(per_layer)
     return jnp.minimum(jnp.sum(logs), total.astype(logs.dtype))
 
@@ -222,25 +218,20 @@ def tight_bound_at_radius(packed: PackedLayers, x, preacts, radius) -> LocalBoun
     unstable = unstable & paper.unstable  # never above the paper, also under rounding
     return LocalBound(
         num_unstable=jnp.sum(unstable, dtype=jnp.int32),
-        log2_bound=_log2_region_bound(unstable, dead, x.shape[0]).astype(preacts.dtype),
+        log2_bound=_log2_region_bound(unstable, dead, x.shape[0], preacts.dtype),
         unstable=unstable,
         changed=paper.changed,
         deviation=paper.deviation,
     )
 
 
-@jax.jit
-def _tight_bounds_jit(layers, xs, radii):
-    packed = pack_layers(layers, xs.dtype)
-    preacts = jax.vmap(centre_preactivations, in_axes=(None, 0))(packed, xs)  # [N, H, W]
-    per_radius = jax.vmap(tight_bound_at_radius, in_axes=(None, None, None, 0))
-    return jax.vmap(per_radius, in_axes=(None, 0, 0, None))(packed, xs, preacts, radii)
-
-
-def tight_bounds(layers: Sequence[Layer], xs: jax.Array, radii) -> LocalBound:
+def tight_bounds(layers: Sequence[Layer], xs: jax.Array, radii, **kwargs) -> LocalBound:
     """Tighter certified bounds than Algorithm 1 for every point and radius, jitted.
 
-    ``jax.vmap`` over radii of the single-ball function, then over points.
+    The same as ``lr_jax.local_bounds(layers, xs, radii, method="tight")``:
+    :func:`tight_bound_at_radius` ``vmap``-ed over (point, radius) pairs, in
+    chunks and sharded over devices like Algorithm 1 (``kwargs`` are
+    ``local_bounds``'s ``chunk_size``, ``masks``, ``devices``).
 
     Args:
       layers: ``(W [fan_in, fan_out], b [fan_out])`` pairs, input to output;
@@ -257,5 +248,4 @@ def tight_bounds(layers: Sequence[Layer], xs: jax.Array, radii) -> LocalBound:
     Raises:
       ValueError: as :func:`lr_jax.local_bounds`.
     """
-    layers, xs, radii = prepare_inputs(layers, xs, radii, batched=True)
-    return _tight_bounds_jit(layers, xs, radii)
+    return local_bounds(layers, xs, radii, method="tight", **kwargs)

@@ -146,9 +146,9 @@ def test_sampled_patterns_are_found_in_higher_dimensions():
     for d in (3, 5):
         layers = random_mlp(rng, d, [6, 6, 5])
         x0 = rng.normal(size=d)
-        result = count_regions(layers, x0, 0.8)
-        assert result.complete and result.count > 5
-        assert _patterns(layers, sample_ball(rng, x0, 0.8, 5000)) <= {p.tobytes() for p in result.patterns}
+        result = count_regions(layers, x0, 1.5)
+        assert result.complete and result.count > 20
+        assert _patterns(layers, sample_ball(rng, x0, 1.5, 5000)) <= {p.tobytes() for p in result.patterns}
 
 
 # ---- degenerate and edge cases --------------------------------------------------

@@ -116,3 +116,16 @@ def test_malformed_idx_fails_before_training(tmp_path):
     with pytest.raises(ValueError, match="ubyte"):
         train_and_evaluate(compose_train(TINY + ["data.source=idx", f"data.dir={tmp_path}"]), run)
     assert not (run / "metrics.jsonl").exists()
+
+
+def test_every_bound_method_is_logged_under_its_name(tmp_path):
+    overrides = TINY + ["bound=sandwich", "bound.exact_points=3", "bound.num_samples=64", "bound.num_chords=4", "epochs=2"]
+    rows = train_and_evaluate(compose_train(overrides), tmp_path)
+    for r in rows:
+        assert {"tight_mean_log2_bound", "sampled_mean_count", "exact_mean_count", "exact_complete"} <= set(r)
+        assert r["tight_mean_log2_bound"] <= r["mean_log2_bound"] + 1e-9
+    with np.load(tmp_path / "bounds.npz") as z:
+        for c in CATEGORIES:
+            paper, tight = z[c][-1][:3], z[f"{c}_tight_log2_bound"][-1][:3]
+            exact, sampled = z[f"{c}_exact_count"][-1], z[f"{c}_sampled_count"][-1][:3]
+            assert (sampled <= exact).all() and (exact <= np.exp2(tight) + 1e-6).all() and (tight <= paper).all()
