@@ -242,7 +242,23 @@ def restore_params(checkpoint_dir: str | Path, epoch: int | None = None):
 # Entry point
 
 
-def _load_categories(cfg, key) -> tuple[Categories, Any]:
+class RunKeys(NamedTuple):
+    """The keys of a run, all split from ``PRNGKey(seed)``: data selection and
+    random points, parameter init, minibatch order, and sampled bounds."""
+
+    data: jax.Array
+    init: jax.Array
+    train: jax.Array
+    bounds: jax.Array
+
+
+def run_keys(seed: int) -> RunKeys:
+    """:class:`RunKeys` of a run with this seed (the one root key of the run)."""
+    return RunKeys(*jax.random.split(jax.random.PRNGKey(seed), 4))
+
+
+def load_categories(cfg, key) -> tuple[Categories, Any]:
+    """The four categories of a run's config (reads the data source)."""
     d = cfg.data
     splits = load_mnist(d.source, data_dir=d.data_dir, download=d.download, idx_dir=d.dir)
     cats = make_categories(
@@ -285,10 +301,9 @@ def train_and_evaluate(cfg, workdir: str | Path) -> list[dict]:
             f"invalid config resume=True: {workdir} holds no run to resume; set hydra.run.dir to the run's folder."
         )
 
-    root = jax.random.PRNGKey(cfg.seed)
-    k_data, k_init, k_train, k_bounds = jax.random.split(root, 4)
+    k_data, k_init, k_train, k_bounds = run_keys(cfg.seed)
     t0 = time.perf_counter()
-    cats, splits = _load_categories(cfg, k_data)
+    cats, splits = load_categories(cfg, k_data)
     log.info("data: %s (%s); %s", splits.source, splits.note, {k: tuple(v.shape) for k, v in category_points(cats).items()})
     _write_json(
         workdir / "data.json",

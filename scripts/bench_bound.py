@@ -11,17 +11,45 @@ Prints one table row per net:
 * GFLOP/s of one plain ``jnp.matmul`` doing the same total work at the same
   precision (HIGHEST), as the machine's attainable rate.
 
+With ``--scale``, measures instead how ``local_bounds(..., masks=False)``
+scales in the number of points ``N`` on the 784-1024-1024-1024-10 net
+(N(0, 1/fan_in) kernels, points uniform in ``[0, 1]^784``, radii 0.1, 0.2,
+0.4, 0.8), one fresh subprocess per ``N`` so that each peak is its own:
+
+* pairs/s and achieved TFLOP/s (useful flops as above) of one warm call, next
+  to a plain HIGHEST-precision matmul of the kernel's per-chunk shape
+  ``[W, W] @ [W, chunk_pairs * d]``;
+* the measured peak memory of the subprocess: ``peak_bytes_in_use`` of the
+  device's allocator on accelerators, the peak resident set size
+  (``ru_maxrss``) on CPU, where ``base`` is the RSS before the net and the
+  points were created (the runtime itself);
+* XLA's buffer assignment for the call at the full ``N`` (compiled, not run):
+  temporaries, and arguments (the points are ``N * 784 * 4`` bytes of them).
+
+A call whose estimated time (from a warm two-chunk calibration) exceeds
+``--max-seconds`` runs on a prefix of the points instead of all ``N``
+(``run pairs`` < ``pairs``, marked ``prefix``): its pairs/s is then measured on
+that prefix, its peak memory on the full ``N`` points held in memory while
+only the prefix is evaluated, and the full-``N`` call is only compiled (its
+buffer sizes reported). On a GPU every row normally runs in full.
+
 Usage:
   python scripts/bench_bound.py                       # (a) paper scale, (b) 784-1024x3 net
   python scripts/bench_bound.py --large-points 1024   # more points for (b) (GPU)
   python scripts/bench_bound.py --json out.json
+  python scripts/bench_bound.py --scale               # N in 1e3, 1e4, 7e4 (GPU)
+  python scripts/bench_bound.py --scale --scale-points 1000,10000 --max-seconds 60   # CPU
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import platform
+import resource
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -33,6 +61,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lr_jax import local_bounds  # noqa: E402
+from lr_jax.local_bound import default_chunk_size  # noqa: E402
 from tests.reference_algorithm1 import algorithm1_vectorised  # noqa: E402
 
 RADII = np.array([0.1, 0.2, 0.4, 0.8], dtype=np.float32)
@@ -101,6 +130,134 @@ def bench(name, d, widths, n_points, ref_points, repeats):
     }
 
 
+# ---------------------------------------------------------------------------
+# --scale: pairs/s and peak memory against N, one subprocess per N
+
+SCALE_D, SCALE_WIDTHS, SCALE_OUT = 784, [1024, 1024, 1024], 10
+_MIB = 2**20
+
+
+def _rss_bytes() -> int:
+    """Current resident set size of this process (Linux)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _memory_now(device) -> int:
+    if device.platform == "cpu":
+        return _rss_bytes()
+    return (device.memory_stats() or {}).get("bytes_in_use", 0)
+
+
+def _memory_peak(device) -> int:
+    if device.platform == "cpu":
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+    return (device.memory_stats() or {}).get("peak_bytes_in_use", 0)
+
+
+def _timed(compiled, *args) -> float:
+    t0 = time.perf_counter()
+    jax.block_until_ready(compiled(*args))
+    return time.perf_counter() - t0
+
+
+def scale_child(n: int, radii: np.ndarray, max_seconds: float, chunk_size: int | None) -> dict:
+    """One row of the ``--scale`` table, measured in this (fresh) process.
+
+    Returns a dict with the run's sizes, its time, the peak and baseline memory
+    and XLA's buffer sizes of the full-``n`` call.
+    """
+    device = jax.devices()[0]
+    base = _memory_now(device)
+    layers = jax.device_put(_net(SCALE_D, SCALE_WIDTHS, SCALE_OUT))
+    chunk = chunk_size or default_chunk_size(layers)
+    points_per_chunk = max(1, chunk // len(radii))
+    fn = jax.jit(lambda layers, xs: local_bounds(layers, xs, radii, chunk_size=chunk, masks=False))
+
+    def compile_for(points):
+        return fn.lower(layers, jax.ShapeDtypeStruct((points, SCALE_D), jnp.float32)).compile()
+
+    full = compile_for(n)
+    mem = full.memory_analysis()  # None where the backend does not report it
+    xs = jax.device_put(np.random.default_rng(1).uniform(0, 1, size=(n, SCALE_D)).astype(np.float32))
+
+    # Calibrate on two chunks (warm), then time all n points or the prefix that fits max_seconds.
+    cal_points = min(n, 2 * points_per_chunk)
+    cal = compile_for(cal_points)
+    _timed(cal, layers, xs[:cal_points])
+    t_cal = _timed(cal, layers, xs[:cal_points])
+    chunks_in_budget = int(max_seconds / t_cal * math.ceil(cal_points / points_per_chunk))
+    run_points = min(n, max(1, chunks_in_budget) * points_per_chunk)
+    compiled = full if run_points == n else compile_for(run_points)
+    t = _timed(compiled, layers, xs if run_points == n else xs[:run_points])
+    return {
+        "n": n,
+        "radii": len(radii),
+        "pairs": n * len(radii),
+        "run_pairs": run_points * len(radii),
+        "seconds": t,
+        "pairs_per_s": run_points * len(radii) / t,
+        "tflops": _useful_flops(SCALE_D, SCALE_WIDTHS, run_points, len(radii)) / t / 1e12,
+        "chunk_pairs": points_per_chunk * len(radii),
+        "peak_mib": _memory_peak(device) / _MIB,
+        "base_mib": base / _MIB,
+        "xla_temp_mib": mem.temp_size_in_bytes / _MIB if mem else float("nan"),
+        "xla_args_mib": mem.argument_size_in_bytes / _MIB if mem else float("nan"),
+        "input_mib": n * SCALE_D * 4 / _MIB,
+        "device": f"{device.device_kind} ({device.platform})",
+    }
+
+
+def _run_child(n: int, args) -> dict:
+    cmd = [
+        sys.executable, __file__, "--scale-child", str(n), "--scale-radii", args.scale_radii,
+        "--max-seconds", str(args.max_seconds),
+    ]
+    if args.chunk_size:
+        cmd += ["--chunk-size", str(args.chunk_size)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode:
+        sys.exit(f"--scale child for N={n} failed:\n{proc.stderr[-4000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _parse_floats(text: str) -> np.ndarray:
+    return np.array([float(v) for v in text.split(",") if v], dtype=np.float32)
+
+
+def scale_main(args) -> None:
+    """Runs one child per N, then the matmul reference here (after the children,
+    so this process holds no device memory while they measure theirs)."""
+    points = [int(float(v)) for v in args.scale_points.split(",") if v]
+    rows = [_run_child(n, args) for n in points]
+    mm_tflops = _matmul_gflops(max(SCALE_WIDTHS), SCALE_D, rows[0]["chunk_pairs"], args.repeats) / 1e3
+    for r in rows:
+        r["matmul_tflops"] = mm_tflops
+        r["fraction_of_matmul"] = r["tflops"] / mm_tflops
+    device = jax.devices()[0]
+    print(
+        f"device: {device.device_kind} ({jax.default_backend()}), jax {jax.__version__}, "
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cpus"
+    )
+    print(
+        f"net 784-1024-1024-1024-10, radii {args.scale_radii}, masks=False, {rows[0]['chunk_pairs']} pairs per "
+        f"chunk; matmul reference [1024, 1024] @ [1024, {rows[0]['chunk_pairs']} * 784] at HIGHEST"
+    )
+    print(
+        f"{'N':>6s} {'pairs':>7s} {'run pairs':>9s} {'pairs/s':>9s} {'TFLOP/s':>8s} {'matmul TFLOP/s':>14s} "
+        f"{'frac':>5s} {'peak MiB':>9s} {'base MiB':>9s} {'XLA temp MiB':>12s} {'input MiB':>9s}  {'run':6s} device"
+    )
+    for r in rows:
+        run = "full" if r["run_pairs"] == r["pairs"] else "prefix"
+        print(
+            f"{r['n']:6d} {r['pairs']:7d} {r['run_pairs']:9d} {r['pairs_per_s']:9.1f} {r['tflops']:8.4f} "
+            f"{r['matmul_tflops']:14.4f} {r['fraction_of_matmul']:5.2f} {r['peak_mib']:9.0f} {r['base_mib']:9.0f} "
+            f"{r['xla_temp_mib']:12.1f} {r['input_mib']:9.1f}  {run:6s} {r['device']}"
+        )
+    if args.json:
+        args.json.write_text(json.dumps({"device": str(device.device_kind), "scale_rows": rows}, indent=2))
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--paper-points", type=int, default=2048)
@@ -110,7 +267,20 @@ def main():
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--skip-large", action="store_true")
     p.add_argument("--json", type=Path)
+    p.add_argument("--scale", action="store_true", help="pairs/s and peak memory against N (see above)")
+    p.add_argument("--scale-points", default="1000,10000,70000", help="comma-separated N values")
+    p.add_argument("--scale-radii", default="0.1,0.2,0.4,0.8", help="comma-separated radii")
+    p.add_argument("--max-seconds", type=float, default=120.0, help="--scale: longest timed call; else a prefix")
+    p.add_argument("--chunk-size", type=int, default=None, help="--scale: pairs per chunk (default: kernel's)")
+    p.add_argument("--scale-child", type=int, default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.scale_child is not None:
+        row = scale_child(args.scale_child, _parse_floats(args.scale_radii), args.max_seconds, args.chunk_size)
+        print(json.dumps(row))
+        return
+    if args.scale:
+        scale_main(args)
+        return
 
     rows = [bench("(a) 36-64-64-64-2", 36, [64, 64, 64], args.paper_points, args.ref_points, args.repeats)]
     if not args.skip_large:

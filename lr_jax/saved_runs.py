@@ -1,0 +1,156 @@
+"""Bounds around the points of a saved training run, as a per-point table.
+
+Rebuilds a run's four categories of points from its saved config (same data
+source, scale and seed, hence the same points as during training), evaluates
+Algorithm 1 at any radii and the certified single-region radius in fixed-size
+host chunks, and writes the per-point table as CSV. Used by
+``scripts/bound.py``; this module reads the run's data and writes files.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+from typing import Callable, Iterable, NamedTuple, Sequence
+
+import jax.numpy as jnp
+import numpy as np
+
+from lr_jax.bound_summary import summarise_category
+from lr_jax.local_bound import default_chunk_size, local_bounds
+from lr_jax.single_region_radius import single_region_radius
+from lr_jax.train import category_points, load_categories, run_keys
+
+CSV_COLUMNS = ("point_index", "category", "label", "radius", "num_unstable", "log2_bound", "single_region_radius")
+
+
+class PointTable(NamedTuple):
+    """Per-point results of the selected categories, in category order.
+
+    Attributes:
+      category: ``[N]`` category name of each point.
+      point_index: ``[N]`` index of the point within its category.
+      label: ``[N]`` class label (0/1), -1 for random points.
+      num_unstable: ``[N, R]`` Algorithm 1's ``C`` per radius.
+      log2_bound: ``[N, R]`` log2 of the bound per radius.
+      single_region_radius: ``[N]`` certified single-region radius.
+    """
+
+    category: np.ndarray
+    point_index: np.ndarray
+    label: np.ndarray
+    num_unstable: np.ndarray
+    log2_bound: np.ndarray
+    single_region_radius: np.ndarray
+
+
+def load_points(run_cfg, categories: Sequence[str]):
+    """The run's points of ``categories``, rebuilt as during training.
+
+    Returns:
+      ``xs [N, d]`` (float32, categories in the given order) and the per-point
+      ``(category [N], point_index [N], label [N])`` of :class:`PointTable`.
+    """
+    cats, splits = load_categories(run_cfg, run_keys(run_cfg.seed).data)
+    points = category_points(cats)
+    labels = {"train": cats.train_y, "test": cats.test_y}
+    xs, names, index, label = [], [], [], []
+    for c in categories:
+        n = points[c].shape[0]
+        xs.append(np.asarray(points[c], np.float32))
+        names.append(np.full(n, c))
+        index.append(np.arange(n))
+        label.append(np.asarray(labels[c]) if c in labels else np.full(n, -1))
+    return np.concatenate(xs), (np.concatenate(names), np.concatenate(index), np.concatenate(label).astype(np.int64))
+
+
+def default_chunk_points(layers, num_radii: int, num_grid: int) -> int:
+    """Points per host chunk: the pairs ``local_bounds`` puts in one chunk,
+    divided by the widest per-point batch (the single-region grid or the
+    radii), so that a chunk's working set matches the kernel's."""
+    return max(1, default_chunk_size(layers) // max(num_grid, num_radii))
+
+
+def _padded_chunks(xs: np.ndarray, chunk: int):
+    """Yields ``(start, count, x [chunk, d])``; the last chunk repeats its last row."""
+    for start in range(0, xs.shape[0], chunk):
+        x = xs[start : start + chunk]
+        count = x.shape[0]
+        if count < chunk:
+            x = np.concatenate([x, np.repeat(x[-1:], chunk - count, axis=0)])
+        yield start, count, x
+
+
+def evaluate_points(
+    layers,
+    xs: np.ndarray,
+    radii: Sequence[float],
+    *,
+    r_max: float,
+    num_grid: int = 16,
+    num_bisect: int = 12,
+    chunk_points: int | None = None,
+    chunk_size: int | None = None,
+    progress: Callable[[Iterable, int], Iterable] = lambda it, total: it,
+):
+    """Algorithm 1 at every radius and the single-region radius, over host chunks.
+
+    Points go through in chunks of ``chunk_points`` (default
+    :func:`default_chunk_points`), the last one padded, so nothing recompiles;
+    ``progress(iterable, total)`` wraps the chunk loop (e.g. ``tqdm``).
+
+    Returns:
+      ``C [N, R]`` (int32), ``log2_bound [N, R]`` and single-region radii ``[N]``.
+    """
+    layers = tuple((jnp.asarray(W), jnp.asarray(b)) for W, b in layers)  # on device once, not per chunk
+    n, r = xs.shape[0], len(radii)
+    chunk = min(n, chunk_points or default_chunk_points(layers, r, num_grid))
+    c_out, l_out, s_out = np.zeros((n, r), np.int32), np.zeros((n, r), np.float32), np.zeros(n, np.float32)
+    for start, count, x in progress(_padded_chunks(xs, chunk), -(-n // chunk)):
+        lb = local_bounds(layers, x, radii, chunk_size=chunk_size, masks=False)
+        sr = single_region_radius(layers, x, r_max, num_grid, num_bisect)
+        c_out[start : start + count] = np.asarray(lb.num_unstable)[:count]
+        l_out[start : start + count] = np.asarray(lb.log2_bound)[:count]
+        s_out[start : start + count] = np.asarray(sr.radius)[:count]
+    return c_out, l_out, s_out
+
+
+def write_csv(path: Path, table: PointTable, radii: Sequence[float]) -> None:
+    """One row per (point, radius); written to ``path.tmp`` then renamed."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(CSV_COLUMNS)
+        for i in range(table.category.shape[0]):
+            for k, r in enumerate(radii):
+                w.writerow(
+                    (
+                        int(table.point_index[i]),
+                        table.category[i],
+                        int(table.label[i]),
+                        r,
+                        int(table.num_unstable[i, k]),
+                        f"{table.log2_bound[i, k]:.9g}",
+                        f"{table.single_region_radius[i]:.9g}",
+                    )
+                )
+    os.replace(tmp, path)
+
+
+def summary_lines(table: PointTable, radii, categories) -> list[str]:
+    """The summary table: per category and radius, n, mean and median ``C``,
+    points with ``C = 0`` and the mean single-region radius."""
+    lines = [
+        f"{'category':9s} {'radius':>7s} {'n':>6s} {'mean C':>8s} {'median C':>9s} {'C=0':>6s} {'mean single-region r':>21s}"
+    ]
+    for c in categories:
+        sel = table.category == c
+        for k, r in enumerate(radii):
+            s = summarise_category(table.log2_bound[sel, k], table.single_region_radius[sel])
+            lines.append(
+                f"{c:9s} {r:7.3g} {s['n_points']:6d} {s['mean_log2_bound']:8.2f} {s['median_log2_bound']:9.1f} "
+                f"{s['num_single_region']:6d} {s['mean_single_region_radius']:21.4g}"
+            )
+    return lines

@@ -1,0 +1,115 @@
+"""scripts/bound.py end to end on a tiny training run saved in tmp_path."""
+
+from __future__ import annotations
+
+import csv
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from omegaconf import OmegaConf
+
+from lr_jax.train import train_and_evaluate
+from tests.conftest import ROOT, TINY, compose_train
+
+SCRIPT = ROOT / "scripts" / "bound.py"
+COLUMNS = ["point_index", "category", "label", "radius", "num_unstable", "log2_bound", "single_region_radius"]
+SIZES = {"train": 20, "test": 20, "random1": 12, "random2": 12}  # TINY: per_class=10, n_random=12
+RADII = [0.1, 0.2, 0.4, 0.8]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A finished TINY run (epochs 0, 2, 4) with the config scripts/train.py would save."""
+    workdir = tmp_path_factory.mktemp("run")
+    cfg = compose_train(TINY)
+    train_and_evaluate(cfg, workdir)
+    (workdir / ".hydra").mkdir()
+    OmegaConf.save(cfg, workdir / ".hydra" / "config.yaml")
+    return workdir
+
+
+def _bound(*args):
+    return subprocess.run([sys.executable, str(SCRIPT), *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+def _read(path):
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        return reader.fieldnames, list(reader)
+
+
+def _column(rows, category, radius, field, dtype=float):
+    return np.array([dtype(r[field]) for r in rows if r["category"] == category and float(r["radius"]) == radius])
+
+
+def test_all_categories_reproduce_the_runs_bounds(tiny_run):
+    # Same single-region search as the run (r_max = 2 * 0.8 = bound.r_max = 1.6).
+    proc = _bound(
+        f"checkpoint={tiny_run / 'checkpoints'}",
+        f"radii=[{','.join(map(str, RADII))}]",
+        "category=all",
+        "num_grid=4",
+        "num_bisect=3",
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = tiny_run / "bounds_4.csv"  # default: the run folder, latest epoch
+    header, rows = _read(out)
+    assert header == COLUMNS
+    assert not list(tiny_run.glob("*.tmp"))
+    assert len(rows) == sum(SIZES.values()) * len(RADII)
+    for c, n in SIZES.items():
+        for r in RADII:
+            idx = _column(rows, c, r, "point_index", int)
+            np.testing.assert_array_equal(idx, np.arange(n))
+        labels = _column(rows, c, 0.4, "label", int)
+        assert set(labels) <= ({-1} if c.startswith("random") else {0, 1})
+    # C is monotone in the radius, and log2_bound = C for Algorithm 1.
+    cs = np.stack([_column(rows, "test", r, "num_unstable", int) for r in RADII], axis=1)
+    assert np.all(np.diff(cs, axis=1) >= 0) and cs[:, -1].max() > 0
+    np.testing.assert_array_equal(_column(rows, "test", 0.8, "log2_bound"), cs[:, -1])
+    with np.load(tiny_run / "bounds.npz") as z:
+        for c in SIZES:
+            np.testing.assert_array_equal(_column(rows, c, 0.4, "num_unstable", int), z[c][-1])
+            # The same points in the same single batch as during training: identical radii.
+            np.testing.assert_array_equal(
+                _column(rows, c, 0.1, "single_region_radius", np.float32), z[f"{c}_single_region_radius"][-1]
+            )
+    summary = [line.split() for line in proc.stdout.splitlines() if line.startswith("train ")]
+    assert [s[:3] for s in summary] == [["train", f"{r:g}", "20"] for r in RADII]
+
+
+def test_one_category_earlier_epoch_and_out_path(tiny_run, tmp_path):
+    out = tmp_path / "sub" / "table.csv"
+    proc = _bound(
+        f"checkpoint={tiny_run}", "radii=[0.4]", "category=test", "epoch=2", f"out={out}", "chunk_points=7"
+    )  # 20 points: two full chunks and a padded one
+    assert proc.returncode == 0, proc.stderr
+    _, rows = _read(out)
+    assert {r["category"] for r in rows} == {"test"} and len(rows) == SIZES["test"]
+    with np.load(tiny_run / "bounds.npz") as z:
+        assert list(z["epochs"]) == [0, 2, 4]
+        np.testing.assert_array_equal(_column(rows, "test", 0.4, "num_unstable", int), z["test"][1])
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["checkpoint={missing}"], "no such folder"),
+        (["checkpoint={run}", "category=validation"], "category=validation: unknown"),
+        (["checkpoint={run}", "radii=[0.1,-0.2]"], "-0.2 is negative"),
+        (["checkpoint={run}", "epoch=3"], r"saved epochs are \[0, 2, 4\]"),
+        (["radii=[0.4]"], "checkpoint=PATH is required"),
+    ],
+)
+def test_bad_input_fails_with_one_line(tiny_run, tmp_path, args, message):
+    out = tmp_path / "never.csv"
+    args = [a.format(missing=tmp_path / "nope", run=tiny_run) for a in args]
+    proc = _bound(*args, f"out={out}")
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("bound.py: error: "), proc.stderr
+    assert re.search(message, lines[0])
+    assert not out.exists()
