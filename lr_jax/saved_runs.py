@@ -35,6 +35,8 @@ class PointTable(NamedTuple):
       num_unstable: ``[N, R]`` Algorithm 1's ``C`` per radius.
       log2_bound: ``[N, R]`` log2 of the bound per radius.
       single_region_radius: ``[N]`` certified single-region radius.
+      tight_log2_bound: ``[N, R]`` log2 of the tight bound, or None when not
+        requested.
     """
 
     category: np.ndarray
@@ -43,6 +45,7 @@ class PointTable(NamedTuple):
     num_unstable: np.ndarray
     log2_bound: np.ndarray
     single_region_radius: np.ndarray
+    tight_log2_bound: np.ndarray | None = None
 
 
 def load_points(run_cfg, categories: Sequence[str]):
@@ -92,6 +95,7 @@ def evaluate_points(
     num_bisect: int = 12,
     chunk_points: int | None = None,
     chunk_size: int | None = None,
+    tight: bool = False,
     progress: Callable[[Iterable, int], Iterable] = lambda it, total: it,
 ):
     """Algorithm 1 at every radius and the single-region radius, over host chunks.
@@ -101,41 +105,49 @@ def evaluate_points(
     ``progress(iterable, total)`` wraps the chunk loop (e.g. ``tqdm``).
 
     Returns:
-      ``C [N, R]`` (int32), ``log2_bound [N, R]`` and single-region radii ``[N]``.
+      ``C [N, R]`` (int32), ``log2_bound [N, R]``, single-region radii ``[N]``
+      and, when ``tight``, the tight bound's log2 ``[N, R]`` (else None).
     """
     layers = tuple((jnp.asarray(W), jnp.asarray(b)) for W, b in layers)  # on device once, not per chunk
     n, r = xs.shape[0], len(radii)
     chunk = min(n, chunk_points or default_chunk_points(layers, r, num_grid))
     c_out, l_out, s_out = np.zeros((n, r), np.int32), np.zeros((n, r), np.float32), np.zeros(n, np.float32)
+    t_out = np.zeros((n, r), np.float32) if tight else None
     for start, count, x in progress(_padded_chunks(xs, chunk), -(-n // chunk)):
+        if tight:
+            tb = local_bounds(layers, x, radii, method="tight", chunk_size=chunk_size, masks=False)
+            t_out[start : start + count] = np.asarray(tb.log2_bound)[:count]
         lb = local_bounds(layers, x, radii, chunk_size=chunk_size, masks=False)
         sr = single_region_radius(layers, x, r_max, num_grid, num_bisect)
         c_out[start : start + count] = np.asarray(lb.num_unstable)[:count]
         l_out[start : start + count] = np.asarray(lb.log2_bound)[:count]
         s_out[start : start + count] = np.asarray(sr.radius)[:count]
-    return c_out, l_out, s_out
+    return c_out, l_out, s_out, t_out
 
 
 def write_csv(path: Path, table: PointTable, radii: Sequence[float]) -> None:
-    """One row per (point, radius); written to ``path.tmp`` then renamed."""
+    """One row per (point, radius); written to ``path.tmp`` then renamed.
+
+    Columns: :data:`CSV_COLUMNS`, plus ``tight_log2_bound`` when the table has it.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(CSV_COLUMNS)
+        tight = table.tight_log2_bound
+        w.writerow(CSV_COLUMNS + (("tight_log2_bound",) if tight is not None else ()))
         for i in range(table.category.shape[0]):
             for k, r in enumerate(radii):
-                w.writerow(
-                    (
-                        int(table.point_index[i]),
-                        table.category[i],
-                        int(table.label[i]),
-                        r,
-                        int(table.num_unstable[i, k]),
-                        f"{table.log2_bound[i, k]:.9g}",
-                        f"{table.single_region_radius[i]:.9g}",
-                    )
+                row = (
+                    int(table.point_index[i]),
+                    table.category[i],
+                    int(table.label[i]),
+                    r,
+                    int(table.num_unstable[i, k]),
+                    f"{table.log2_bound[i, k]:.9g}",
+                    f"{table.single_region_radius[i]:.9g}",
                 )
+                w.writerow(row + ((f"{tight[i, k]:.9g}",) if tight is not None else ()))
     os.replace(tmp, path)
 
 

@@ -2,7 +2,8 @@
 
 Usage::
 
-  python scripts/bound.py checkpoint=outputs/runs/DATE/RUN radii=[0.1,0.2,0.4,0.8] category=test
+  python scripts/bound.py checkpoint=outputs/runs/DATE/RUN radii=[0.1,0.2,0.4,0.8] data=test
+  python scripts/bound.py checkpoint=outputs/runs/DATE/RUN methods=[paper,tight]
   python scripts/bound.py checkpoint=RUN/checkpoints epoch=10 category=all out=table.csv
 
 Rebuilds the run's four categories of points from its saved config
@@ -19,7 +20,7 @@ categories), ``radius``, ``num_unstable``, ``log2_bound``,
 ``single_region_radius``, atomically (``out``, default
 ``RUN/bounds_<epoch>.csv``), and logs a summary per category and radius.
 Invalid arguments fail with one line on stderr and exit status 2 before any
-work. Config: ``configs/bound_cli.yaml``.
+work. Config: ``configs/bound_cli/bound.yaml``.
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ class Job(NamedTuple):
     num_bisect: int
     chunk_points: int | None
     chunk_size: int | None
+    tight: bool
 
 
 # ---------------------------------------------------------------------------
@@ -152,7 +154,17 @@ def parse_job(cfg: DictConfig) -> Job:
         num_bisect=_positive_int("num_bisect", cfg.num_bisect, minimum=0),
         chunk_points=_positive_int("chunk_points", cfg.chunk_points, optional=True),
         chunk_size=_positive_int("chunk_size", cfg.chunk_size, optional=True),
+        tight=_methods(cfg.methods),
     )
+
+
+def _methods(methods) -> bool:
+    """True when the tight bound is requested besides the paper's."""
+    methods = list(methods)
+    unknown = [m for m in methods if m not in ("paper", "tight")]
+    if unknown or "paper" not in methods:
+        raise ValueError(f"methods={methods}: a list from paper|tight that includes paper, e.g. methods=[paper,tight].")
+    return "tight" in methods
 
 
 # ---------------------------------------------------------------------------
@@ -167,7 +179,7 @@ def run(job: Job) -> Path:
     log.info("run %s, epoch %d, hidden widths %s", job.run_dir, epoch, hidden_widths(layers))
     xs, (names, index, label) = load_points(run_cfg, job.categories)
     log.info("%d points x %d radii", xs.shape[0], len(job.radii))
-    c, l2, srr = evaluate_points(
+    c, l2, srr, tight = evaluate_points(
         layers,
         xs,
         job.radii,
@@ -176,9 +188,10 @@ def run(job: Job) -> Path:
         num_bisect=job.num_bisect,
         chunk_points=job.chunk_points,
         chunk_size=job.chunk_size,
+        tight=job.tight,
         progress=lambda it, total: tqdm(it, total=total, unit="chunk", desc="bounds"),
     )
-    table = PointTable(names, index, label, c, l2, srr)
+    table = PointTable(names, index, label, c, l2, srr, tight)
     out = job.out or job.run_dir / f"bounds_{epoch}.csv"
     write_csv(out, table, job.radii)
     for line in summary_lines(table, job.radii, job.categories):
@@ -187,7 +200,7 @@ def run(job: Job) -> Path:
     return out
 
 
-@hydra.main(version_base="1.3", config_path="../configs", config_name="bound_cli")
+@hydra.main(version_base="1.3", config_path="../configs/bound_cli", config_name="bound")
 def main(cfg: DictConfig) -> None:
     logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax logs every restore at INFO
     try:

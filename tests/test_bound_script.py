@@ -113,3 +113,13 @@ def test_bad_input_fails_with_one_line(tiny_run, tmp_path, args, message):
     assert len(lines) == 1 and lines[0].startswith("bound.py: error: "), proc.stderr
     assert re.search(message, lines[0])
     assert not out.exists()
+
+
+def test_data_alias_and_tight_column(tiny_run, tmp_path):
+    out = tmp_path / "tight.csv"
+    proc = _bound(f"checkpoint={tiny_run}", "radii=[0.4]", "data=train", "methods=[paper,tight]", f"out={out}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    header, rows = _read(out)
+    assert header == COLUMNS + ["tight_log2_bound"]
+    assert rows and {r["category"] for r in rows} == {"train"}
+    assert all(float(r["tight_log2_bound"]) <= float(r["log2_bound"]) + 1e-6 for r in rows)
