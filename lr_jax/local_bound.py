@@ -265,17 +265,18 @@ def _pad_to_chunks(a: jax.Array, chunk: int) -> jax.Array:
     return a.reshape((-1, chunk) + a.shape[1:])
 
 
-def map_points_in_chunks(fn, xs: jax.Array, points_per_chunk: int):
-    """Applies ``fn(xs_chunk [c, d])`` over fixed-size chunks of points.
+def map_points_in_chunks(fn, xs, points_per_chunk: int):
+    """Applies ``fn(xs_chunk)`` over fixed-size chunks of points.
 
-    A ``lax.map`` over chunks of one static size: memory stays bounded by one
-    chunk's state, the last (padded) chunk reuses the same compiled body, and on
-    CPU a chunk small enough for the cache runs faster than one huge batch.
-    Returns ``fn``'s pytree with leading axis ``[N]``.
+    ``xs`` is an array ``[N, ...]`` or a pytree of them (e.g. points and their
+    indices). A ``lax.map`` over chunks of one static size: memory stays
+    bounded by one chunk's state, the last (padded) chunk reuses the same
+    compiled body, and on CPU a chunk small enough for the cache runs faster
+    than one huge batch. Returns ``fn``'s pytree with leading axis ``[N]``.
     """
-    n = xs.shape[0]
+    n = jax.tree.leaves(xs)[0].shape[0]
     chunk = max(1, min(points_per_chunk, n))
-    out = jax.lax.map(fn, _pad_to_chunks(xs, chunk))
+    out = jax.lax.map(fn, jax.tree.map(lambda a: _pad_to_chunks(a, chunk), xs))
     return jax.tree.map(lambda a: a.reshape((-1,) + a.shape[2:])[:n], out)
 
 

@@ -52,7 +52,16 @@ import jax
 import jax.numpy as jnp
 
 from lr_jax.layers import Layer
-from lr_jax.local_bound import PackedLayers, centre_preactivations, pack_layers, prepare_inputs
+from lr_jax.local_bound import (
+    PackedLayers,
+    centre_preactivations,
+    map_points_in_chunks,
+    pack_layers,
+    prepare_inputs,
+)
+
+# Points evaluated together by sample_regions (the rest wait their turn).
+_POINTS_PER_CHUNK = 64
 
 
 def _pattern_hash(preacts: jax.Array, weights: jax.Array) -> jax.Array:
@@ -178,7 +187,13 @@ def _sample_regions_jit(layers, xs, radii, key, *, num_samples, num_chords, max_
 
     per_radius = jax.vmap(per_ball, in_axes=(None, None, 0, 0))
     per_point = jax.vmap(per_radius, in_axes=(0, 0, None, None))
-    return per_point(xs, jnp.arange(xs.shape[0]), radii, jnp.arange(radii.shape[0]))
+    # Each ball holds num_samples + num_chords * max_breakpoints patterns: bound
+    # the memory by evaluating a fixed number of points at a time.
+    return map_points_in_chunks(
+        lambda a: per_point(a[0], a[1], radii, jnp.arange(radii.shape[0])),
+        (xs, jnp.arange(xs.shape[0])),
+        _POINTS_PER_CHUNK,
+    )
 
 
 def _check_sizes(num_samples: int, num_chords: int, max_breakpoints: int) -> None:
@@ -204,8 +219,9 @@ def sample_regions(
     Counts the distinct activation patterns at ``num_samples`` uniform points
     and along ``num_chords`` random diameters of every ball (see the module
     docstring for why this is a lower bound, also under hash collisions).
-    ``jax.vmap`` over radii, then over points; memory grows as
-    ``N * R * (num_samples + num_chords * max_breakpoints) * H * W``.
+    ``jax.vmap`` over radii, then over points, in chunks of
+    ``_POINTS_PER_CHUNK`` points, so memory grows as
+    ``_POINTS_PER_CHUNK * R * (num_samples + num_chords * max_breakpoints) * H * W``.
 
     Args:
       layers: ``(W [fan_in, fan_out], b [fan_out])`` pairs, input to output;

@@ -103,3 +103,15 @@ def test_rejects_bad_input_like_the_kernel(net):
         sample_regions(layers, xs[0], RADII, jax.random.key(0))
     with pytest.raises(ValueError, match="radius"):
         sample_regions(layers, xs, [-1.0], jax.random.key(0))
+
+
+def test_points_beyond_the_first_chunk_keep_their_own_keys(net):
+    from lr_jax.sampled_regions import _POINTS_PER_CHUNK
+
+    layers, _ = net
+    xs = np.random.default_rng(1).normal(size=(_POINTS_PER_CHUNK + 3, D))  # a second, padded chunk
+    key = jax.random.key(3)
+    batched = np.asarray(sample_regions(layers, xs, RADII[1:], key, **SAMPLER))
+    for n in (0, _POINTS_PER_CHUNK, _POINTS_PER_CHUNK + 2):
+        ball_key = jax.random.fold_in(jax.random.fold_in(key, n), 1)
+        assert int(sample_region_count(layers, xs[n], RADII[2], ball_key, **SAMPLER)) == batched[n, 1]
