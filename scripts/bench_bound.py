@@ -37,6 +37,7 @@ Usage:
   python scripts/bench_bound.py                       # (a) paper scale, (b) 784-1024x3 net
   python scripts/bench_bound.py --large-points 1024   # more points for (b) (GPU)
   python scripts/bench_bound.py --json out.json
+  python scripts/bench_bound.py --exact                # rate of the exact counter
   python scripts/bench_bound.py --scale               # N in 1e3, 1e4, 7e4 (GPU)
   python scripts/bench_bound.py --scale --scale-points 1000,10000 --max-seconds 60   # CPU
 """
@@ -258,6 +259,22 @@ def scale_main(args) -> None:
         args.json.write_text(json.dumps({"device": str(device.device_kind), "scale_rows": rows}, indent=2))
 
 
+def exact_main(radii: np.ndarray) -> None:
+    """Regions/s of the exact counter on the paper's setting (36-32-32-32-2)."""
+    from lr_jax.exact_count import count_regions_with_stats
+
+    layers = _net(36, [32, 32, 32], 2)
+    x = np.random.default_rng(1).uniform(0, 1, size=36)
+    print(f"net 36-32-32-32-2 (N(0, 1/fan_in) kernels, N(0, 0.1^2) biases), one centre uniform in [0, 1]^36; {platform.machine()}")
+    print(f"{'radius':>7s} {'C':>4s} {'regions':>8s} {'complete':>9s} {'programs':>9s} {'seconds':>8s} {'regions/s':>10s} {'programs/s':>11s}")
+    for r in radii:
+        c = int(local_bounds(layers, x[None], [r]).num_unstable[0, 0])
+        t0 = time.perf_counter()
+        rc, programs = count_regions_with_stats(layers, x, float(r))
+        t = time.perf_counter() - t0
+        print(f"{r:7.3g} {c:4d} {rc.count:8d} {str(rc.complete):>9s} {programs:9d} {t:8.2f} {rc.count / t:10.1f} {programs / t:11.1f}")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--paper-points", type=int, default=2048)
@@ -273,6 +290,8 @@ def main():
     p.add_argument("--max-seconds", type=float, default=120.0, help="--scale: longest timed call; else a prefix")
     p.add_argument("--chunk-size", type=int, default=None, help="--scale: pairs per chunk (default: kernel's)")
     p.add_argument("--scale-child", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--exact", action="store_true", help="rate of lr_jax.count_regions (regions/s, cone programs/s)")
+    p.add_argument("--exact-radii", default="0.05,0.1,0.15", help="--exact: comma-separated radii")
     args = p.parse_args()
     if args.scale_child is not None:
         row = scale_child(args.scale_child, _parse_floats(args.scale_radii), args.max_seconds, args.chunk_size)
@@ -280,6 +299,9 @@ def main():
         return
     if args.scale:
         scale_main(args)
+        return
+    if args.exact:
+        exact_main(_parse_floats(args.exact_radii))
         return
 
     rows = [bench("(a) 36-64-64-64-2", 36, [64, 64, 64], args.paper_points, args.ref_points, args.repeats)]
