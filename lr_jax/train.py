@@ -260,7 +260,7 @@ def run_keys(seed: int) -> RunKeys:
 def load_categories(cfg, key) -> tuple[Categories, Any]:
     """The four categories of a run's config (reads the data source)."""
     d = cfg.data
-    splits = load_mnist(d.source, data_dir=d.data_dir, download=d.download, idx_dir=d.dir)
+    splits = load_mnist(d.source, data_dir=d.data_dir, download=d.download, idx_dir=d.dir, test_dir=d.test_dir)
     cats = make_categories(
         splits,
         key=key,

@@ -98,3 +98,12 @@ def test_script_rejects_unknown_key(tmp_path):
     )
     assert proc.returncode != 0
     assert "bogus" in proc.stderr
+
+
+def test_test_dir_needs_embedded_source_and_an_existing_folder(tmp_path):
+    cfg = compose_train(["data.source=tfds", f"data.test_dir={tmp_path}"])
+    with pytest.raises(ConfigError, match="data.test_dir"):
+        validate(cfg)
+    cfg = compose_train([f"data.test_dir={tmp_path / 'absent'}"])
+    with pytest.raises(ConfigError, match="no such directory"):
+        validate(cfg)

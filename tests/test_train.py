@@ -129,3 +129,22 @@ def test_every_bound_method_is_logged_under_its_name(tmp_path):
             paper, tight = z[c][-1][:3], z[f"{c}_tight_log2_bound"][-1][:3]
             exact, sampled = z[f"{c}_exact_count"][-1], z[f"{c}_sampled_count"][-1][:3]
             assert (sampled <= exact).all() and (exact <= np.exp2(tight) + 1e-6).all() and (tight <= paper).all()
+
+
+def test_real_test_split_replaces_the_embedded_half(tmp_path):
+    from tests.conftest import SHARED_MNIST
+
+    if not SHARED_MNIST.is_dir():
+        pytest.skip(f"MNIST test split not found in {SHARED_MNIST}")
+    from lr_jax.datasets import make_categories
+    from lr_jax.mnist_io import load_mnist
+
+    splits = load_mnist("embedded", test_dir=SHARED_MNIST)
+    assert splits.train_images.shape == (5000, 28, 28) and splits.test_images.shape == (10000, 28, 28)
+    assert "official MNIST test split" in splits.note
+    import jax
+
+    cats = make_categories(splits, key=jax.random.PRNGKey(0), per_class=500)
+    assert cats.per_class_used == {"train": (500, 500), "test": (500, 500)}
+    assert cats.train_x.shape == (1000, 36) and cats.test_x.shape == (1000, 36)
+    assert np.bincount(np.asarray(splits.test_labels)[cats.test_index], minlength=10)[[0, 4]].tolist() == [500, 500]
