@@ -127,3 +127,50 @@ def check_claims(rows: Sequence[dict]) -> list[dict]:
                     "cells": int(np.sum(~np.isnan(train - other))),
                 })
     return out
+
+
+def claims_markdown(claims: Sequence[dict]) -> str:
+    """Markdown tables of :func:`check_claims`'s output, one per claim."""
+    if claims and claims[0].get("claim") is None:
+        return f"Claims not checked: {claims[0].get('skipped')}\n"
+    out = []
+
+    def table(title, header, rows):
+        out.extend([f"### {title}", "", "| " + " | ".join(header) + " |", "|" + " --- |" * len(header)])
+        out.extend("| " + " | ".join(str(v) for v in r) + " |" for r in rows)
+        out.append("")
+
+    c1 = [c for c in claims if c["claim"] == 1 and c["metric"] == "mean_log2_bound"]
+    table(
+        "1. mean C first decreases, then increases",
+        ["lr", "depth", "category", "epoch 0", "minimum (epoch)", "epoch 20", "seeds with an interior minimum"],
+        [(c["lr"], c["depth"], c["category"], f"{c['start']:.2f}", f"{c['min']:.2f} ({c['argmin_epoch']})",
+          f"{c['end']:.2f}", f"{c['seeds_dip_then_rise']}/{c['n_seeds']}") for c in c1],
+    )
+    c2 = [c for c in claims if c["claim"] == 2]
+    table(
+        "2. single-region radius first increases, then decreases",
+        ["lr", "depth", "category", "epoch 0", "maximum (epoch)", "epoch 20", "seeds rising then falling"],
+        [(c["lr"], c["depth"], c["category"], f"{c['start']:.3f}", f"{c['max']:.3f} ({c['argmax_epoch']})",
+          f"{c['end']:.3f}", f"{c['seeds_rise_then_dip']}/{c['n_seeds']}") for c in c2],
+    )
+    c3 = [c for c in claims if c["claim"] == 3]
+    table(
+        "3. relative fall of mean C to its minimum, per category",
+        ["lr", "depth", *CATEGORIES],
+        [(c["lr"], c["depth"], *(f"{100 * c[f'{k}_relative_dip']:.1f} %" for k in CATEGORIES)) for c in c3],
+    )
+    c4 = [c for c in claims if c["claim"] == 4]
+    table(
+        "4. mean C around train points minus around random points",
+        ["lr", "depth", "random category", "mean difference", "(seed, epoch) cells with train above"],
+        [(c["lr"], c["depth"], c["category"], f"{c['train_minus_random_mean']:+.2f}", f"{c['cells_train_above']}/{c['cells']}") for c in c4],
+    )
+    c5 = [c for c in claims if c["claim"] == 5]
+    table(
+        "5. points with a single region (C = 0)",
+        ["lr", "depth", "category", "epoch 0", "epoch 20", "rank correlation with epoch", "seeds ending above start"],
+        [(c["lr"], c["depth"], c["category"], f"{c['start']:.1f}", f"{c['end']:.1f}", f"{c['spearman_with_epoch']:.2f}",
+          f"{c['seeds_end_above_start']}/{c['n_seeds']}") for c in c5],
+    )
+    return "\n".join(out)

@@ -1,7 +1,7 @@
 """Aggregate a Figure 3 sweep and draw its figures: ``python scripts/plot.py MULTIRUN_DIR [--out DIR]``.
 
-Writes ``summary.csv``, ``claims.json`` (the paper's five observations
-checked per (lr, depth), lr_jax.claims), (mean, std and n over seeds of every metric per
+Writes ``summary.csv``, ``claims.json`` and ``claims.md`` (the paper's five
+observations checked per (lr, depth), lr_jax.claims), (mean, std and n over seeds of every metric per
 (lr, depth, category, epoch)), ``missing_jobs.json``, ``figure3.png/.pdf``,
 ``figure3_radius.png/.pdf`` and ``figure3_log2.png/.pdf``. Thin wrapper over
 lr_jax.sweep and lr_jax.plots.
@@ -15,7 +15,7 @@ import logging
 import sys
 from pathlib import Path
 
-from lr_jax.claims import check_claims
+from lr_jax.claims import check_claims, claims_markdown
 from lr_jax.plots import plot_figure3
 from lr_jax.sweep import collect_runs, summarise, write_csv
 
@@ -41,7 +41,9 @@ def main(argv=None) -> int:
     summary = summarise(runs.rows)
     write_csv(summary, out / "summary.csv")
     (out / "missing_jobs.json").write_text(json.dumps(runs.missing, indent=2) + "\n")
-    (out / "claims.json").write_text(json.dumps(check_claims(runs.rows), indent=2) + "\n")
+    claims = check_claims(runs.rows)
+    (out / "claims.json").write_text(json.dumps(claims, indent=2) + "\n")
+    (out / "claims.md").write_text(claims_markdown(claims))
     for path in plot_figure3(summary, out):
         log.info("wrote %s", path)
     log.info("%d complete jobs, %d missing", len(runs.complete), len(runs.missing))

@@ -85,6 +85,8 @@ def test_plot_script_writes_figures_and_summary(synthetic_multirun, tmp_path):
     claim4 = [c for c in claims if c["claim"] == 4]
     # mean_log2_bound is 1 + seed for every category, so train is never above random.
     assert claim4 and all(c["cells_train_above"] == 0 and c["train_minus_random_mean"] == 0 for c in claim4)
+    md = (out / "claims.md").read_text()
+    assert "### 4." in md and "| 0.02 | 2 | random1 | +0.00 | 0/4 |" in md
 
 
 def test_plot_script_on_missing_folder_fails_clearly(tmp_path):
