@@ -13,12 +13,11 @@ raises :class:`ConfigError` with one line naming the key and the fix.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, List, Optional
 
-from omegaconf import II, MISSING
+from omegaconf import II
 
 DATA_SOURCES = ("embedded", "tfds", "idx")
 POOLINGS = ("adaptive", "crop")
@@ -170,15 +169,6 @@ def validate(cfg: Any) -> None:
         _fail("data.per_class/n_random", (d.per_class, d.n_random), "both must be >= 1.")
 
 
-def as_dict(cfg: Any) -> dict:
-    """A plain dict of a config (for saving with a run)."""
-    if dataclasses.is_dataclass(cfg):
-        return dataclasses.asdict(cfg)
-    from omegaconf import OmegaConf
-
-    return OmegaConf.to_container(cfg, resolve=True)
-
-
 __all__ = [
     "BoundConfig",
     "ConfigError",
@@ -186,8 +176,6 @@ __all__ = [
     "ModelConfig",
     "OptimConfig",
     "TrainConfig",
-    "MISSING",
-    "as_dict",
     "register_configs",
     "validate",
 ]

@@ -73,11 +73,6 @@ def validate_layers(layers: Sequence[Layer]) -> Layers:
     return pairs
 
 
-def input_dim(layers: Sequence[Layer]) -> int:
-    """Input dimension ``d`` of a validated ``layers``."""
-    return int(np.shape(layers[0][0])[0])
-
-
 def hidden_widths(layers: Sequence[Layer]) -> tuple[int, ...]:
     """Widths of the hidden (ReLU) layers; the output layer is excluded."""
     return tuple(int(np.shape(W)[1]) for W, _ in layers[:-1])

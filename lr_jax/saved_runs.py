@@ -10,7 +10,6 @@ host chunks, and writes the per-point table as CSV. Used by
 from __future__ import annotations
 
 import csv
-import os
 from pathlib import Path
 from typing import Callable, Iterable, NamedTuple, Sequence
 
@@ -19,6 +18,7 @@ import numpy as np
 
 from lr_jax.bound_summary import summarise_category
 from lr_jax.local_bound import default_chunk_size, local_bounds
+from lr_jax.run_files import atomic_write
 from lr_jax.single_region_radius import single_region_radius
 from lr_jax.train import category_points, load_categories, run_keys
 
@@ -131,7 +131,10 @@ def write_csv(path: Path, table: PointTable, radii: Sequence[float]) -> None:
     Columns: :data:`CSV_COLUMNS`, plus ``tight_log2_bound`` when the table has it.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    atomic_write(path, lambda tmp: _write_rows(tmp, table, radii))
+
+
+def _write_rows(tmp: Path, table: PointTable, radii: Sequence[float]) -> None:
     with open(tmp, "w", newline="") as f:
         w = csv.writer(f)
         tight = table.tight_log2_bound
@@ -148,7 +151,6 @@ def write_csv(path: Path, table: PointTable, radii: Sequence[float]) -> None:
                     f"{table.single_region_radius[i]:.9g}",
                 )
                 w.writerow(row + ((f"{tight[i, k]:.9g}",) if tight is not None else ()))
-    os.replace(tmp, path)
 
 
 def summary_lines(table: PointTable, radii, categories) -> list[str]:

@@ -28,9 +28,7 @@ is marked ``running`` and can be resumed with ``resume=true``.
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -47,6 +45,7 @@ from lr_jax.layers import layers_from_flax
 from lr_jax.local_bound import local_bounds
 from lr_jax.mnist_io import load_mnist
 from lr_jax.models import MLP, init_mlp
+from lr_jax.run_files import read_metrics, write_json, write_metrics, write_npz
 from lr_jax.single_region_radius import single_region_radius
 
 log = logging.getLogger(__name__)
@@ -186,34 +185,6 @@ def _extra_methods(layers, xs, bound_cfg, methods, key, summary: dict) -> dict:
 # Run files
 
 
-def _atomic_write(path: Path, write) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
-
-
-def _write_json(path: Path, obj) -> None:
-    _atomic_write(path, lambda p: p.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n"))
-
-
-def _write_metrics(path: Path, rows: list[dict]) -> None:
-    text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows)
-    _atomic_write(path, lambda p: p.write_text(text))
-
-
-def _write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    def write(p):
-        with open(p, "wb") as f:
-            np.savez(f, **arrays)
-
-    _atomic_write(path, write)
-
-
-def read_metrics(path: Path) -> list[dict]:
-    """Rows of a ``metrics.jsonl``."""
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
-
-
 def _checkpoint_manager(workdir: Path):
     import orbax.checkpoint as ocp
 
@@ -305,7 +276,7 @@ def train_and_evaluate(cfg, workdir: str | Path) -> list[dict]:
     t0 = time.perf_counter()
     cats, splits = load_categories(cfg, k_data)
     log.info("data: %s (%s); %s", splits.source, splits.note, {k: tuple(v.shape) for k, v in category_points(cats).items()})
-    _write_json(
+    write_json(
         workdir / "data.json",
         {
             "source": splits.source,
@@ -341,7 +312,7 @@ def train_and_evaluate(cfg, workdir: str | Path) -> list[dict]:
             keep = z["epochs"] <= start
             per_point = {k: list(z[k][keep]) for k in z.files}
         log.info("resuming from epoch %d", start)
-    _write_json(status_path, {"status": "running", "epoch": start})
+    write_json(status_path, {"status": "running", "epoch": start})
 
     bound_seconds = 0.0
 
@@ -361,11 +332,11 @@ def train_and_evaluate(cfg, workdir: str | Path) -> list[dict]:
                 if key != "summary":
                     field = name if key == "log2_bound" else f"{name}_{key}"
                     per_point.setdefault(field, []).append(arr)
-        _write_metrics(metrics_path, rows)
-        _write_npz(bounds_path, {k: np.asarray(v) for k, v in per_point.items()})
+        write_metrics(metrics_path, rows)
+        write_npz(bounds_path, {k: np.asarray(v) for k, v in per_point.items()})
         mngr.save(epoch, args=_save_args(state))
         mngr.wait_until_finished()
-        _write_json(status_path, {"status": "running", "epoch": epoch})
+        write_json(status_path, {"status": "running", "epoch": epoch})
         log.info(
             "epoch %3d  train loss %.4f acc %.3f  test acc %.3f  mean C %s  single-region %s  (bounds %.1fs)",
             epoch,
@@ -382,7 +353,7 @@ def train_and_evaluate(cfg, workdir: str | Path) -> list[dict]:
     for epoch in range(start + 1, cfg.epochs + 1):
         state, loss = epoch_fn(state, cats.train_x, cats.train_y, jax.random.fold_in(k_train, epoch))
         if not np.isfinite(float(loss)):
-            _write_json(status_path, {"status": "failed", "epoch": epoch, "reason": "non-finite loss"})
+            write_json(status_path, {"status": "failed", "epoch": epoch, "reason": "non-finite loss"})
             raise TrainingDiverged(
                 f"training diverged at epoch {epoch} (loss {float(loss)}); lower lr or data.scale "
                 f"(now lr={cfg.optim.lr}, data.scale={cfg.data.scale})."
@@ -396,8 +367,8 @@ def train_and_evaluate(cfg, workdir: str | Path) -> list[dict]:
 
         plot_run(rows, workdir / "trajectories.png", title=f"lr={cfg.optim.lr} depth={cfg.model.depth} seed={cfg.seed}")
     total = time.perf_counter() - t0
-    _write_json(workdir / "timing.json", {"total_seconds": total, "bound_seconds": bound_seconds})
-    _write_json(status_path, {"status": "complete", "epoch": cfg.epochs})
+    write_json(workdir / "timing.json", {"total_seconds": total, "bound_seconds": bound_seconds})
+    write_json(status_path, {"status": "complete", "epoch": cfg.epochs})
     log.info("done in %.1fs (%.1fs in bound evaluation); run files in %s", total, bound_seconds, workdir)
     return rows
 

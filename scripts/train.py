@@ -5,7 +5,6 @@ Thin Hydra entry point; the logic is lr_jax.train.train_and_evaluate.
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from pathlib import Path
@@ -16,6 +15,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from lr_jax.config import register_configs
+from lr_jax.run_files import write_json
 from lr_jax.train import TrainingDiverged, train_and_evaluate
 
 register_configs()
@@ -43,7 +43,7 @@ def _exit_unless_sweep(code: int, error: Exception, reraise: bool = False) -> No
             raise error
         sys.exit(code)
     status = Path(HydraConfig.get().runtime.output_dir) / "status.json"
-    status.write_text(json.dumps({"status": "failed", "reason": f"{type(error).__name__}: {error}"}) + "\n")
+    write_json(status, {"status": "failed", "reason": f"{type(error).__name__}: {error}"})
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ import pytest
 
 from lr_jax import layers_from_flax, local_bounds
 from lr_jax.config import ConfigError
-from lr_jax.train import read_metrics, restore_params, train_and_evaluate
+from lr_jax.train import load_categories, read_metrics, restore_params, run_keys, train_and_evaluate
 from tests.conftest import TINY, compose_train
 
 REQUIRED_FIELDS = {
@@ -73,12 +73,7 @@ def test_checkpoint_reproduces_the_logged_bounds(tiny_run):
     params, epoch = restore_params(workdir)
     assert epoch == 4
     cfg = compose_train(TINY)
-    from lr_jax.datasets import make_categories
-    from lr_jax.mnist_io import load_mnist
-    import jax
-
-    k_data = jax.random.split(jax.random.PRNGKey(cfg.seed), 4)[0]
-    cats = make_categories(load_mnist("embedded"), key=k_data, per_class=10, n_random=12, scale=cfg.data.scale)
+    cats, _ = load_categories(cfg, run_keys(cfg.seed).data)
     c = local_bounds(layers_from_flax(params), cats.train_x, [0.4]).log2_bound[:, 0]
     with np.load(workdir / "bounds.npz") as z:
         np.testing.assert_array_equal(np.asarray(c), z["train"][-1])
