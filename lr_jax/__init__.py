@@ -17,14 +17,14 @@ Public API (stable):
   ``layers`` format (``(W [fan_in, fan_out], b [fan_out])`` pairs).
 """
 
-from lr_jax.layer_converters import layers_from_nnx, layers_from_sequential
-from lr_jax.layers import layers_from_flax, layers_from_numpy, validate_layers
-from lr_jax.local_bound import LocalBound, local_bound, local_bounds
-from lr_jax.sampled_regions import sample_regions
-from lr_jax.single_region_radius import SingleRegionRadius, single_region_radius
-from lr_jax.tight_bound import tight_bounds
+from lr_jax.networks.layer_converters import layers_from_nnx, layers_from_sequential
+from lr_jax.networks.layers import layers_from_flax, layers_from_numpy, validate_layers
+from lr_jax.bounds.local_bound import LocalBound, local_bound, local_bounds
+from lr_jax.bounds.sampled_regions import sample_regions
+from lr_jax.bounds.single_region_radius import SingleRegionRadius, single_region_radius
+from lr_jax.bounds.tight_bound import tight_bounds
 
-_LAZY = {"count_regions": "lr_jax.exact_count", "RegionCount": "lr_jax.exact_count"}
+_LAZY = {"count_regions": "lr_jax.bounds.exact_count", "RegionCount": "lr_jax.bounds.exact_count"}
 
 
 def __getattr__(name):

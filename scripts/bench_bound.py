@@ -62,7 +62,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lr_jax import local_bounds  # noqa: E402
-from lr_jax.local_bound import default_chunk_size  # noqa: E402
+from lr_jax.bounds.local_bound import default_chunk_size  # noqa: E402
 from tests.reference_algorithm1 import algorithm1_vectorised  # noqa: E402
 
 RADII = np.array([0.1, 0.2, 0.4, 0.8], dtype=np.float32)
@@ -261,7 +261,7 @@ def scale_main(args) -> None:
 
 def exact_main(radii: np.ndarray) -> None:
     """Regions/s of the exact counter on the paper's setting (36-32-32-32-2)."""
-    from lr_jax.exact_count import count_regions_with_stats
+    from lr_jax.bounds.exact_count import count_regions_with_stats
 
     layers = _net(36, [32, 32, 32], 2)
     x = np.random.default_rng(1).uniform(0, 1, size=36)

@@ -10,7 +10,7 @@ Rebuilds the run's four categories of points from its saved config
 (``RUN/.hydra/config.yaml``: same data source, scale and seed, hence the same
 points as during training), restores the checkpoint's params and evaluates,
 per point, Algorithm 1 (``lr_jax.local_bounds``, ``C`` at every radius) and the
-certified single-region radius (``lr_jax.single_region_radius`` up to
+certified single-region radius (``lr_jax.bounds.single_region_radius`` up to
 ``r_max``). Points go through in fixed-size host chunks (the last one padded,
 so nothing recompiles) with a progress bar.
 
@@ -39,9 +39,9 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lr_jax import layers_from_flax  # noqa: E402
-from lr_jax.layers import hidden_widths  # noqa: E402
-from lr_jax.saved_runs import PointTable, evaluate_points, load_points, summary_lines, write_csv  # noqa: E402
-from lr_jax.train import CATEGORIES, restore_params  # noqa: E402
+from lr_jax.networks.layers import hidden_widths  # noqa: E402
+from lr_jax.experiment.saved_runs import PointTable, evaluate_points, load_points, summary_lines, write_csv  # noqa: E402
+from lr_jax.experiment.train import CATEGORIES, restore_params  # noqa: E402
 
 log = logging.getLogger("bound")
 

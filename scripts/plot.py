@@ -1,10 +1,10 @@
 """Aggregate a Figure 3 sweep and draw its figures: ``python scripts/plot.py MULTIRUN_DIR [--out DIR]``.
 
 Writes ``summary.csv``, ``claims.json`` and ``claims.md`` (the paper's five
-observations checked per (lr, depth), lr_jax.claims), (mean, std and n over seeds of every metric per
+observations checked per (lr, depth), lr_jax.experiment.claims), (mean, std and n over seeds of every metric per
 (lr, depth, category, epoch)), ``missing_jobs.json``, ``figure3.png/.pdf``,
 ``figure3_radius.png/.pdf`` and ``figure3_log2.png/.pdf``. Thin wrapper over
-lr_jax.sweep and lr_jax.plots.
+lr_jax.experiment.sweep and lr_jax.experiment.plots.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ import logging
 import sys
 from pathlib import Path
 
-from lr_jax.claims import check_claims, claims_markdown
-from lr_jax.plots import plot_figure3
-from lr_jax.sweep import collect_runs, summarise, write_csv
+from lr_jax.experiment.claims import check_claims, claims_markdown
+from lr_jax.experiment.plots import plot_figure3
+from lr_jax.experiment.sweep import collect_runs, summarise, write_csv
 
 log = logging.getLogger("plot")
 

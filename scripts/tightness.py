@@ -25,9 +25,9 @@ from omegaconf import OmegaConf
 from tqdm import tqdm
 
 from lr_jax import count_regions, layers_from_flax
-from lr_jax.saved_runs import load_points
-from lr_jax.tightness import grid_count, sandwich_rows
-from lr_jax.train import CATEGORIES, restore_params
+from lr_jax.experiment.saved_runs import load_points
+from lr_jax.experiment.tightness import grid_count, sandwich_rows
+from lr_jax.experiment.train import CATEGORIES, restore_params
 
 RADII = (0.1, 0.2, 0.4, 0.8)
 

@@ -1,6 +1,6 @@
 """Train the paper's MLP and track local bounds: ``python scripts/train.py lr=0.02 depth=3``.
 
-Thin Hydra entry point; the logic is lr_jax.train.train_and_evaluate.
+Thin Hydra entry point; the logic is lr_jax.experiment.train.train_and_evaluate.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from lr_jax.config import register_configs
-from lr_jax.run_files import write_json
-from lr_jax.train import TrainingDiverged, train_and_evaluate
+from lr_jax.experiment.config import register_configs
+from lr_jax.experiment.run_files import write_json
+from lr_jax.experiment.train import TrainingDiverged, train_and_evaluate
 
 register_configs()
 log = logging.getLogger("train")

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from lr_jax.train import train_and_evaluate
+from lr_jax.experiment.train import train_and_evaluate
 from tests.conftest import ROOT, TINY, compose_train
 
 SCRIPT = ROOT / "scripts" / "bound.py"

@@ -9,7 +9,7 @@ import pytest
 from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ValidationError
 
-from lr_jax.config import ConfigError, validate
+from lr_jax.experiment.config import ConfigError, validate
 from tests.conftest import ROOT, compose_train
 
 

@@ -1,4 +1,4 @@
-"""Tests of the data pipeline: lr_jax.mnist_io (reading) and lr_jax.datasets (pure).
+"""Tests of the data pipeline: lr_jax.experiment.mnist_io (reading) and lr_jax.experiment.datasets (pure).
 
 Expected values are computed by hand or from independent facts (the published
 MNIST test-split label counts and md5), never from the code under test.
@@ -17,9 +17,9 @@ import jax
 import numpy as np
 import pytest
 
-from lr_jax import datasets, mnist_io
-from lr_jax.datasets import avg_pool, make_categories
-from lr_jax.mnist_io import MnistSplits
+from lr_jax.experiment import datasets, mnist_io
+from lr_jax.experiment.datasets import avg_pool, make_categories
+from lr_jax.experiment.mnist_io import MnistSplits
 
 SHARED_MNIST = Path(__file__).resolve().parents[1].parent / "shared" / "mnist"
 # Published facts about the official MNIST test split (see shared/mnist/README.md).

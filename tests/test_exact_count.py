@@ -1,4 +1,4 @@
-"""Tests of the exact region count (lr_jax.exact_count) against independent counts."""
+"""Tests of the exact region count (lr_jax.bounds.exact_count) against independent counts."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import itertools
 import numpy as np
 import pytest
 
-from lr_jax.exact_count import RegionCount, count_regions, count_regions_with_stats
+from lr_jax.bounds.exact_count import RegionCount, count_regions, count_regions_with_stats
 from tests.helpers import preactivations, random_mlp, sample_ball
 
 

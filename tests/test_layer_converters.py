@@ -10,8 +10,8 @@ import pytest
 from flax import nnx
 
 from lr_jax import layers_from_numpy, local_bounds
-from lr_jax.layer_converters import layers_from_nnx, layers_from_sequential
-from lr_jax.models import MLP
+from lr_jax.networks.layer_converters import layers_from_nnx, layers_from_sequential
+from lr_jax.experiment.models import MLP
 from tests.helpers import random_mlp
 
 D, WIDTHS, OUT = 5, (7, 6), 3
@@ -207,7 +207,7 @@ def test_nnx_rejects_other_modules():
 
 
 # ---------------------------------------------------------------------------
-# PyTorch and Keras stacks, as the docstring of lr_jax.layer_converters shows them
+# PyTorch and Keras stacks, as the docstring of lr_jax.networks.layer_converters shows them
 
 
 def test_torch_sequential_layout(hand_built):

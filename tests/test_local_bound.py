@@ -1,4 +1,4 @@
-"""Tests of Algorithm 1 (lr_jax.local_bound) against the paper's pseudocode."""
+"""Tests of Algorithm 1 (lr_jax.bounds.local_bound) against the paper's pseudocode."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 import lr_jax
 from lr_jax import local_bound, local_bounds
-from lr_jax.local_bound import _local_bounds_jit
+from lr_jax.bounds.local_bound import _local_bounds_jit
 from tests.helpers import preactivations, random_architecture, random_mlp, sample_ball
 from tests.reference_algorithm1 import algorithm1_loops, algorithm1_vectorised
 
@@ -314,7 +314,7 @@ def test_chunked_equals_unchunked(chunk_size):
 
 
 def test_default_chunk_size_is_a_power_of_two_and_bounded():
-    from lr_jax.local_bound import default_chunk_size
+    from lr_jax.bounds.local_bound import default_chunk_size
 
     small = default_chunk_size(random_mlp(np.random.default_rng(0), 36, [64, 64]))
     large = default_chunk_size([(np.zeros((784, 1024)), np.zeros(1024)), (np.zeros((1024, 10)), np.zeros(10))])

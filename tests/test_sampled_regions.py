@@ -1,4 +1,4 @@
-"""Tests of the sampled lower bound (lr_jax.sampled_regions)."""
+"""Tests of the sampled lower bound (lr_jax.bounds.sampled_regions)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lr_jax.exact_count import count_regions
-from lr_jax.sampled_regions import (
+from lr_jax.bounds.exact_count import count_regions
+from lr_jax.bounds.sampled_regions import (
     _count_distinct,
     _pattern_hash,
     sample_region_count,
@@ -106,7 +106,7 @@ def test_rejects_bad_input_like_the_kernel(net):
 
 
 def test_points_beyond_the_first_chunk_keep_their_own_keys(net):
-    from lr_jax.sampled_regions import _POINTS_PER_CHUNK
+    from lr_jax.bounds.sampled_regions import _POINTS_PER_CHUNK
 
     layers, _ = net
     xs = np.random.default_rng(1).normal(size=(_POINTS_PER_CHUNK + 3, D))  # a second, padded chunk

@@ -10,7 +10,7 @@ import sys
 import pytest
 import yaml
 
-from lr_jax.sweep import collect_runs, summarise
+from lr_jax.experiment.sweep import collect_runs, summarise
 from tests.conftest import ROOT, TINY
 
 CATS = ("train", "test", "random1", "random2")
@@ -129,7 +129,7 @@ def test_failed_job_does_not_lose_the_others(tmp_path):
 def test_dip_then_rise_on_known_trajectories():
     import numpy as np
 
-    from lr_jax.claims import dip_then_rise, rise_then_dip
+    from lr_jax.experiment.claims import dip_then_rise, rise_then_dip
 
     epochs = np.array([0, 2, 4, 6])
     v_shape = np.array([[3.0, 1.0, 2.0, 4.0], [3.0, 2.0, 1.0, 2.0]])

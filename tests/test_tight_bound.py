@@ -1,4 +1,4 @@
-"""Tests of the tighter bound (lr_jax.tight_bound): sound, never above the paper."""
+"""Tests of the tighter bound (lr_jax.bounds.tight_bound): sound, never above the paper."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from lr_jax import local_bounds
-from lr_jax.exact_count import count_regions
-from lr_jax.tight_bound import _log2_binomial_prefix, tight_bounds
+from lr_jax.bounds.exact_count import count_regions
+from lr_jax.bounds.tight_bound import _log2_binomial_prefix, tight_bounds
 from tests.helpers import preactivations, random_mlp, sample_ball
 from tests.test_sandwich import NUM_POINTS, RADII, pad_hidden_widths, random_small_net
 

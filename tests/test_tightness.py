@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from lr_jax import count_regions
-from lr_jax.tightness import grid_count, sandwich_rows
+from lr_jax.experiment.tightness import grid_count, sandwich_rows
 from tests.helpers import random_mlp
 
 

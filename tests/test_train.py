@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from lr_jax import layers_from_flax, local_bounds
-from lr_jax.config import ConfigError
-from lr_jax.train import load_categories, read_metrics, restore_params, run_keys, train_and_evaluate
+from lr_jax.experiment.config import ConfigError
+from lr_jax.experiment.train import load_categories, read_metrics, restore_params, run_keys, train_and_evaluate
 from tests.conftest import TINY, compose_train
 
 REQUIRED_FIELDS = {
@@ -131,8 +131,8 @@ def test_real_test_split_replaces_the_embedded_half(tmp_path):
 
     if not SHARED_MNIST.is_dir():
         pytest.skip(f"MNIST test split not found in {SHARED_MNIST}")
-    from lr_jax.datasets import make_categories
-    from lr_jax.mnist_io import load_mnist
+    from lr_jax.experiment.datasets import make_categories
+    from lr_jax.experiment.mnist_io import load_mnist
 
     splits = load_mnist("embedded", test_dir=SHARED_MNIST)
     assert splits.train_images.shape == (5000, 28, 28) and splits.test_images.shape == (10000, 28, 28)

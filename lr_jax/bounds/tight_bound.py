@@ -68,8 +68,8 @@ import jax
 import jax.numpy as jnp
 from jax.scipy.special import gammaln, logsumexp
 
-from lr_jax.layers import Layer
-from lr_jax.local_bound import LocalBound, PackedLayers, bound_at_radius, local_bounds
+from lr_jax.networks.layers import Layer
+from lr_jax.bounds.local_bound import LocalBound, PackedLayers, bound_at_radius, local_bounds
 
 _HIGHEST = jax.lax.Precision.HIGHEST
 

@@ -16,11 +16,11 @@ from typing import Callable, Iterable, NamedTuple, Sequence
 import jax.numpy as jnp
 import numpy as np
 
-from lr_jax.bound_summary import summarise_category
-from lr_jax.local_bound import default_chunk_size, local_bounds
-from lr_jax.run_files import atomic_write
-from lr_jax.single_region_radius import single_region_radius
-from lr_jax.train import category_points, load_categories, run_keys
+from lr_jax.experiment.bound_summary import summarise_category
+from lr_jax.bounds.local_bound import default_chunk_size, local_bounds
+from lr_jax.experiment.run_files import atomic_write
+from lr_jax.bounds.single_region_radius import single_region_radius
+from lr_jax.experiment.train import category_points, load_categories, run_keys
 
 CSV_COLUMNS = ("point_index", "category", "label", "radius", "num_unstable", "log2_bound", "single_region_radius")
 

@@ -51,8 +51,8 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 
-from lr_jax.layers import Layer
-from lr_jax.local_bound import (
+from lr_jax.networks.layers import Layer
+from lr_jax.bounds.local_bound import (
     PackedLayers,
     centre_preactivations,
     map_points_in_chunks,

@@ -38,15 +38,15 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from lr_jax import config as config_lib
-from lr_jax.bound_summary import summarise_category
-from lr_jax.datasets import Categories, make_categories
-from lr_jax.layers import layers_from_flax
-from lr_jax.local_bound import local_bounds
-from lr_jax.mnist_io import load_mnist
-from lr_jax.models import MLP, init_mlp
-from lr_jax.run_files import read_metrics, write_json, write_metrics, write_npz
-from lr_jax.single_region_radius import single_region_radius
+from lr_jax.experiment import config as config_lib
+from lr_jax.experiment.bound_summary import summarise_category
+from lr_jax.experiment.datasets import Categories, make_categories
+from lr_jax.networks.layers import layers_from_flax
+from lr_jax.bounds.local_bound import local_bounds
+from lr_jax.experiment.mnist_io import load_mnist
+from lr_jax.experiment.models import MLP, init_mlp
+from lr_jax.experiment.run_files import read_metrics, write_json, write_metrics, write_npz
+from lr_jax.bounds.single_region_radius import single_region_radius
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +159,7 @@ def _extra_methods(layers, xs, bound_cfg, methods, key, summary: dict) -> dict:
         res["tight_log2_bound"] = t
         summary.update({f"tight_{k}": v for k, v in summarise_category(t).items() if k != "n_points"})
     if "sampled" in methods:
-        from lr_jax.sampled_regions import sample_regions
+        from lr_jax.bounds.sampled_regions import sample_regions
 
         s = np.asarray(
             sample_regions(layers, xs, [r], key, num_samples=bound_cfg.num_samples, num_chords=bound_cfg.num_chords)[:, 0]
@@ -168,7 +168,7 @@ def _extra_methods(layers, xs, bound_cfg, methods, key, summary: dict) -> dict:
         summary["sampled_mean_count"] = float(np.mean(s))
         summary["sampled_mean_log2_count"] = float(np.mean(np.log2(s)))
     if "exact" in methods:
-        from lr_jax.exact_count import count_regions
+        from lr_jax.bounds.exact_count import count_regions
 
         k = min(bound_cfg.exact_points, xs.shape[0])
         counts = [count_regions(layers, np.asarray(x), r, max_regions=bound_cfg.exact_max_regions) for x in xs[:k]]
@@ -363,7 +363,7 @@ def train_and_evaluate(cfg, workdir: str | Path) -> list[dict]:
     mngr.close()
 
     if cfg.plot:
-        from lr_jax.plots import plot_run
+        from lr_jax.experiment.plots import plot_run
 
         plot_run(rows, workdir / "trajectories.png", title=f"lr={cfg.optim.lr} depth={cfg.model.depth} seed={cfg.seed}")
     total = time.perf_counter() - t0

@@ -2,7 +2,7 @@
 
 Every writer goes through :func:`atomic_write` (write ``name.tmp``, then
 rename), so an interrupted run never leaves a half-written file that looks
-finished. Used by the training loop, ``lr_jax.saved_runs`` and the scripts.
+finished. Used by the training loop, ``lr_jax.experiment.saved_runs`` and the scripts.
 """
 
 from __future__ import annotations

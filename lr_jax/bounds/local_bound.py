@@ -51,7 +51,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lr_jax.layers import Layer, validate_layers
+from lr_jax.networks.layers import Layer, validate_layers
 
 _HIGHEST = jax.lax.Precision.HIGHEST
 # Bias of padding neurons: A = -1 < 0 with zero weights, so U = 0 and the
@@ -290,7 +290,7 @@ def _bounds_for_points(
         out = bounds_for_pairs(packed, jnp.repeat(preacts, r, axis=0), jnp.tile(radii, n))
     else:
         # Imported here: tight_bound builds on this module.
-        from lr_jax.tight_bound import tight_bound_at_radius
+        from lr_jax.bounds.tight_bound import tight_bound_at_radius
 
         pair = jax.vmap(tight_bound_at_radius, in_axes=(None, 0, 0, 0))
         out = pair(packed, jnp.repeat(xs, r, axis=0), jnp.repeat(preacts, r, axis=0), jnp.tile(radii, n))
@@ -454,7 +454,7 @@ def local_bounds(
       xs: ``[N, d]`` centres.
       radii: ``[R]`` radii (a scalar is taken as ``R = 1``).
       method: ``"paper"`` (default): Algorithm 1 exactly; ``"tight"``: the
-        tighter certified bound of :mod:`lr_jax.tight_bound` (same fields,
+        tighter certified bound of :mod:`lr_jax.bounds.tight_bound` (same fields,
         ``log2_bound`` never above the paper's).
       chunk_size: (point, radius) pairs per chunk and device; default
         :func:`default_chunk_size`.

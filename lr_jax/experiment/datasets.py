@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 if TYPE_CHECKING:
-    from lr_jax.mnist_io import MnistSplits
+    from lr_jax.experiment.mnist_io import MnistSplits
 
 POOLING_METHODS = ("adaptive", "crop")
 
@@ -208,7 +208,7 @@ def make_categories(
     ``random2`` draws each uniformly on ``[0, scale]``.
 
     Args:
-      splits: train and test digits, e.g. from :func:`lr_jax.mnist_io.load_mnist`.
+      splits: train and test digits, e.g. from :func:`lr_jax.experiment.mnist_io.load_mnist`.
       key: ``jax.random`` key; the only source of randomness (same key, same
         arrays).
       digits: the two distinct digits to classify; label 0 is ``digits[0]``.

@@ -1,7 +1,7 @@
 """The paper's observations (sections 1 and 5.2) as checks on a sweep's per-seed rows.
 
 Each check returns numbers, not only a verdict, so that a report can say how
-strongly a claim held. Inputs are the rows of :func:`lr_jax.sweep.collect_runs`
+strongly a claim held. Inputs are the rows of :func:`lr_jax.experiment.sweep.collect_runs`
 (one per job, epoch and category). Pure functions.
 
 The claims:

@@ -14,7 +14,7 @@ Three sources, all returning uint8 images ``[N, 28, 28]`` and int64 labels
   network access.
 
 Everything derived from the pixels (pooling, the four categories) lives in
-:mod:`lr_jax.datasets`, which is pure.
+:mod:`lr_jax.experiment.datasets`, which is pure.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Converters from common sequential model containers to the ``layers`` format.
 
 The bounds of lr_jax read a ReLU MLP as ``(W [fan_in, fan_out], b [fan_out])``
-pairs (:mod:`lr_jax.layers`): affine, ReLU, affine, ReLU, ..., affine. This
+pairs (:mod:`lr_jax.networks.layers`): affine, ReLU, affine, ReLU, ..., affine. This
 module turns a container that computes exactly that function into ``layers``,
 and refuses, with the offending layer's index and type, anything whose
 function it cannot represent:
@@ -52,7 +52,7 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
-from lr_jax.layers import Layers, validate_layers
+from lr_jax.networks.layers import Layers, validate_layers
 
 _SUPPORTED = (
     "supported: {dense} and relu ({relu}), alternating {dense}, relu, ..., {dense}, "
@@ -190,7 +190,7 @@ def layers_from_sequential(module, params: Mapping[str, Any]) -> Layers:
     import flax.linen as nn
 
     if not isinstance(module, nn.Sequential):
-        hint = " (for lr_jax.models.MLP use lr_jax.layers_from_flax(params))" if isinstance(module, nn.Module) else ""
+        hint = " (for lr_jax.experiment.models.MLP use lr_jax.layers_from_flax(params))" if isinstance(module, nn.Module) else ""
         raise ValueError(f"layers_from_sequential expects a flax.linen.Sequential, got {_type_name(module)}{hint}.")
     if not isinstance(params, Mapping):
         raise ValueError(f"params must be the module's variables mapping, got {type(params).__name__}.")

@@ -20,8 +20,8 @@ from typing import NamedTuple, Sequence
 import jax
 import jax.numpy as jnp
 
-from lr_jax.layers import Layer
-from lr_jax.local_bound import bound_at_radius, centre_preactivations, pack_layers, prepare_inputs
+from lr_jax.networks.layers import Layer
+from lr_jax.bounds.local_bound import bound_at_radius, centre_preactivations, pack_layers, prepare_inputs
 
 
 class SingleRegionRadius(NamedTuple):
@@ -83,7 +83,7 @@ def single_region_radius(
     radius when ``C`` is monotone in the radius.
 
     Args:
-      layers: ``(W, b)`` pairs as in :func:`lr_jax.local_bound`.
+      layers: ``(W, b)`` pairs as in :func:`lr_jax.bounds.local_bound`.
       xs: ``[N, d]`` points.
       r_max: largest radius tried (> 0).
       num_grid: grid size (static).

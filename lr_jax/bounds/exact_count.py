@@ -70,8 +70,8 @@ import clarabel
 import numpy as np
 import scipy.sparse as sp
 
-from lr_jax.layers import Layer, validate_layers
-from lr_jax.local_bound import prepare_inputs
+from lr_jax.networks.layers import Layer, validate_layers
+from lr_jax.bounds.local_bound import prepare_inputs
 
 # A row counts as constant (a_j = 0) when its norm is below this fraction of
 # the largest row norm in its layer: exact zeros (all inputs switched off) are
@@ -361,7 +361,7 @@ def count_regions(
       :class:`RegionCount`.
 
     Raises:
-      ValueError: as :func:`lr_jax.local_bound` for bad shapes or values, or
+      ValueError: as :func:`lr_jax.bounds.local_bound` for bad shapes or values, or
         when ``max_regions < 1``.
     """
     result, _ = _count(layers, x, radius, max_regions, tol)

@@ -79,7 +79,7 @@ def hidden_widths(layers: Sequence[Layer]) -> tuple[int, ...]:
 
 
 def layers_from_flax(params: Mapping[str, Any]) -> Layers:
-    """Turns the params of :class:`lr_jax.models.MLP` into ``layers``.
+    """Turns the params of :class:`lr_jax.experiment.models.MLP` into ``layers``.
 
     Accepts either the full variables dict (``{"params": {...}}``) or the inner
     params dict, whose submodules are ``hidden_0 .. hidden_{n-1}`` and
@@ -93,7 +93,7 @@ def layers_from_flax(params: Mapping[str, Any]) -> Layers:
     )
     if not hidden or "output" not in p:
         raise ValueError(
-            f"layers_from_flax expects submodules hidden_0..hidden_n and output (lr_jax.models.MLP); "
+            f"layers_from_flax expects submodules hidden_0..hidden_n and output (lr_jax.experiment.models.MLP); "
             f"got {sorted(p)}. For other Flax stacks use lr_jax.layers_from_sequential."
         )
     names = hidden + ["output"]

@@ -1,0 +1,1 @@
+"""The bound machinery: the shared core and one module per method."""

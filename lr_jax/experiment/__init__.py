@@ -1,0 +1,1 @@
+"""The paper's MNIST experiment: data, training, run files, sweeps, claims, plots."""

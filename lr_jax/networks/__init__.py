@@ -1,0 +1,1 @@
+"""What a network is: the ``layers`` format, traced graphs and converters."""
