@@ -12,17 +12,24 @@ Public API (stable):
   sampling the ball and walking chords exactly).
 * :func:`count_regions`, :class:`RegionCount`: the exact number of regions
   meeting a ball, for small networks (needs ``clarabel``; imported lazily).
+* :func:`trace_network`, :class:`Network`: any piecewise-linear ReLU network
+  written in JAX (dense, conv, average pooling, residual, eval-mode batch
+  norm), traced from ``apply_fn(params, x)``; every bound accepts it where it
+  accepts ``layers``. :func:`network_from_linen`, :func:`network_from_nnx`,
+  :func:`network_from_equinox` trace the common owners of params.
 * :func:`layers_from_flax`, :func:`layers_from_sequential`,
   :func:`layers_from_nnx`, :func:`layers_from_numpy`: converters to the
   ``layers`` format (``(W [fan_in, fan_out], b [fan_out])`` pairs).
 """
 
-from lr_jax.networks.layer_converters import layers_from_nnx, layers_from_sequential
-from lr_jax.networks.layers import layers_from_flax, layers_from_numpy, validate_layers
-from lr_jax.bounds.local_bound import LocalBound, local_bound, local_bounds
+from lr_jax.bounds.core import LocalBound
+from lr_jax.bounds.local_bound import local_bound, local_bounds, tight_bounds
 from lr_jax.bounds.sampled_regions import sample_regions
 from lr_jax.bounds.single_region_radius import SingleRegionRadius, single_region_radius
-from lr_jax.bounds.tight_bound import tight_bounds
+from lr_jax.networks.layer_converters import layers_from_nnx, layers_from_sequential
+from lr_jax.networks.layers import layers_from_flax, layers_from_numpy, validate_layers
+from lr_jax.networks.network_converters import network_from_equinox, network_from_linen, network_from_nnx
+from lr_jax.networks.tracing import Network, trace_network
 
 _LAZY = {"count_regions": "lr_jax.bounds.exact_count", "RegionCount": "lr_jax.bounds.exact_count"}
 
@@ -38,6 +45,7 @@ def __getattr__(name):
 
 __all__ = [
     "LocalBound",
+    "Network",
     "RegionCount",
     "SingleRegionRadius",
     "count_regions",
@@ -47,8 +55,12 @@ __all__ = [
     "layers_from_sequential",
     "local_bound",
     "local_bounds",
+    "network_from_equinox",
+    "network_from_linen",
+    "network_from_nnx",
     "sample_regions",
     "single_region_radius",
     "tight_bounds",
+    "trace_network",
     "validate_layers",
 ]

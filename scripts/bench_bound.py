@@ -62,7 +62,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lr_jax import local_bounds  # noqa: E402
-from lr_jax.bounds.local_bound import default_chunk_size  # noqa: E402
+from lr_jax.bounds.core import default_chunk_size  # noqa: E402
 from tests.reference_algorithm1 import algorithm1_vectorised  # noqa: E402
 
 RADII = np.array([0.1, 0.2, 0.4, 0.8], dtype=np.float32)

@@ -235,6 +235,6 @@ def test_keras_stack_layout(hand_built):
     is kernel ``[in, out]``, bias ``[out]``, layer by layer."""
     layers, xs = hand_built
     keras_weights = [a for W, b in layers for a in (W, b)]
-    converted = layers_from_numpy(keras_weights)
+    converted = layers_from_numpy(keras_weights, torch_layout=False)
     _assert_same_bounds(converted, layers, xs)
     np.testing.assert_allclose(_forward(converted, xs), _forward(layers, xs), rtol=1e-12)

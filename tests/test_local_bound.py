@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 import lr_jax
 from lr_jax import local_bound, local_bounds
-from lr_jax.bounds.local_bound import _local_bounds_jit
+from lr_jax.bounds.local_bound import _bounds_jit as _local_bounds_jit
 from tests.helpers import preactivations, random_architecture, random_mlp, sample_ball
 from tests.reference_algorithm1 import algorithm1_loops, algorithm1_vectorised
 
@@ -201,8 +201,10 @@ def test_jit_and_eager_agree():
     jitted = local_bounds(layers, xs, radii)
     with jax.disable_jit():
         eager = local_bounds(layers, xs, radii)
-    for a, b in zip(jitted, eager):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6)
+    for name in ("num_unstable", "log2_bound", "unstable", "changed"):
+        np.testing.assert_array_equal(np.asarray(getattr(jitted, name)), np.asarray(getattr(eager, name)))
+    # U is a float32 sum whose order XLA may change under jit: a few ulps apart.
+    np.testing.assert_allclose(np.asarray(jitted.deviation), np.asarray(eager.deviation), rtol=1e-5, atol=1e-7)
 
 
 def test_batched_equals_python_loop():
@@ -309,12 +311,15 @@ def test_chunked_equals_unchunked(chunk_size):
     radii = np.array([0.1, 0.4, 1.0])
     full = local_bounds(layers, xs, radii, chunk_size=21)
     chunked = local_bounds(layers, xs, radii, chunk_size=chunk_size)
-    for a, b in zip(full, chunked):
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    for name in ("num_unstable", "log2_bound", "unstable", "changed"):
+        np.testing.assert_array_equal(np.asarray(getattr(full, name)), np.asarray(getattr(chunked, name)))
+    # U: XLA may fuse r ||L|| + Usum + A into fused multiply-adds differently for
+    # another batch shape, which moves the last float32 bit; nothing else may differ.
+    np.testing.assert_allclose(np.asarray(full.deviation), np.asarray(chunked.deviation), rtol=2e-6, atol=1e-7)
 
 
 def test_default_chunk_size_is_a_power_of_two_and_bounded():
-    from lr_jax.bounds.local_bound import default_chunk_size
+    from lr_jax.bounds.core import default_chunk_size
 
     small = default_chunk_size(random_mlp(np.random.default_rng(0), 36, [64, 64]))
     large = default_chunk_size([(np.zeros((784, 1024)), np.zeros(1024)), (np.zeros((1024, 10)), np.zeros(10))])

@@ -68,9 +68,9 @@ def test_chords_find_every_region_in_one_dimension():
 
 def test_hash_is_a_function_of_the_pattern():
     weights = jax.random.bits(jax.random.key(0), (2, 6), jnp.uint32) | jnp.uint32(1)
-    a = jnp.array([[[0.5, -1.0, 0.0], [2.0, 0.1, -0.3]]])  # pattern 100 110
-    b = jnp.array([[[0.1, -3.0, -2.0], [9.0, 0.2, -0.1]]])  # same pattern
-    c = a.at[0, 1, 2].set(0.2)  # one bit differs
+    a = jnp.array([[0.5, -1.0, 0.0, 2.0, 0.1, -0.3]])  # pattern 100 110
+    b = jnp.array([[0.1, -3.0, -2.0, 9.0, 0.2, -0.1]])  # same pattern
+    c = a.at[0, 5].set(0.2)  # one bit differs
     ha, hb, hc = (_pattern_hash(p, weights) for p in (a, b, c))
     np.testing.assert_array_equal(ha, hb)
     # One flipped bit changes each hash by an odd weight: never a collision.

@@ -23,7 +23,7 @@ import pytest
 from lr_jax import local_bounds
 from lr_jax.bounds.exact_count import count_regions
 from lr_jax.bounds.sampled_regions import sample_regions
-from lr_jax.bounds.tight_bound import tight_bounds
+from lr_jax import tight_bounds
 from tests.helpers import random_mlp
 
 PAD_WIDTH = 8

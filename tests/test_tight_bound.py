@@ -11,7 +11,8 @@ import pytest
 
 from lr_jax import local_bounds
 from lr_jax.bounds.exact_count import count_regions
-from lr_jax.bounds.tight_bound import _log2_binomial_prefix, tight_bounds
+from lr_jax import tight_bounds
+from lr_jax.bounds.tight_bound import _log2_binomial_prefix
 from tests.helpers import preactivations, random_mlp, sample_ball
 from tests.test_sandwich import NUM_POINTS, RADII, pad_hidden_widths, random_small_net
 

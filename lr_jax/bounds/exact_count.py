@@ -63,15 +63,16 @@ and is not jitted.
 
 from __future__ import annotations
 
+import math
 from collections import deque
-from typing import NamedTuple, Sequence
+from typing import NamedTuple
 
 import clarabel
 import numpy as np
 import scipy.sparse as sp
 
-from lr_jax.networks.layers import Layer, validate_layers
-from lr_jax.bounds.local_bound import prepare_inputs
+from lr_jax.bounds.core import prepare_inputs
+from lr_jax.networks.tracing import Network, graph_nodes
 
 # A row counts as constant (a_j = 0) when its norm is below this fraction of
 # the largest row norm in its layer: exact zeros (all inputs switched off) are
@@ -127,35 +128,70 @@ class _Region(NamedTuple):
     rows: _Rows
 
 
-def _forward_pattern(weights, x) -> np.ndarray:
+class _Dag(NamedTuple):
+    """The hidden layers as dense float64 maps: ``z_t = sum_s h_s @ maps[t][s] + offsets[t]``.
+
+    ``maps[t]`` maps a source node (``0``: the input, flattened; ``k``: hidden
+    layer ``k``, 1-based) to its ``[n_s, n_t]`` matrix; layers are in order,
+    so every source precedes its reader.
+    """
+
+    maps: list
+    offsets: list
+
+
+def _dag_from_layers(layers) -> _Dag:
+    hidden = [(np.asarray(W, np.float64), np.asarray(b, np.float64)) for W, b in layers[:-1]]
+    return _Dag([{t: W} for t, (W, _) in enumerate(hidden)], [b for _, b in hidden])
+
+
+def _dag_from_network(net: Network) -> _Dag:
+    """The traced maps materialised (in the dtype the network was traced with), then float64."""
+    nodes, dense = graph_nodes(net)
+    if dense is not None:
+        return _dag_from_layers(list(dense) + [None])
+    maps, offsets = [], []
+    for node in nodes:
+        maps.append({
+            s: np.asarray(node.materialise(s), np.float64).reshape(-1, math.prod(node.shape))
+            for s in node.sources
+        })
+        offsets.append(np.asarray(node.offset(), np.float64).reshape(-1))
+    return _Dag(maps, offsets)
+
+
+def _forward_pattern(dag: _Dag, x) -> np.ndarray:
     """Activation pattern (``h > 0``) of the point ``x``, all hidden layers."""
-    bits, h = [], x
-    for W, b in weights:
-        z = h @ W + b
+    h = {0: x}
+    bits = []
+    for t, (maps, c) in enumerate(zip(dag.maps, dag.offsets), start=1):
+        z = c + sum(h[s] @ M for s, M in maps.items())
         bits.append(z > 0)
-        h = np.maximum(z, 0.0)
+        h[t] = np.maximum(z, 0.0)
     return np.concatenate(bits)
 
 
-def _maps_under_pattern(weights, x0, masks, start: int = 0, prefix: _Maps | None = None) -> _Maps:
+def _maps_under_pattern(dag: _Dag, x0, masks, start: int = 0, prefix: _Maps | None = None) -> _Maps:
     """Affine maps of every hidden layer once the ReLU masks are fixed.
 
-    Layers before ``start`` are taken from ``prefix`` (they do not depend on
-    the masks of layer ``start - 1`` onward), so flipping one neuron of layer
-    ``l`` only recomputes layers ``l + 1, ...``.
+    Layers before ``start`` (0-based) are taken from ``prefix`` (they do not
+    depend on the masks of layer ``start`` onward), so flipping one neuron of
+    layer ``l`` only recomputes layers ``l + 1, ...``.
     """
     linear = list(prefix.linear[:start]) if prefix else []
     value = list(prefix.value[:start]) if prefix else []
-    if start == 0:
-        W, b = weights[0]
-        linear.append(W)
-        value.append(x0 @ W + b)
-        start = 1
-    for k in range(start, len(weights)):
-        W, b = weights[k]
-        m = masks[k - 1]
-        linear.append((linear[k - 1] * m) @ W)
-        value.append((value[k - 1] * m) @ W + b)
+    for k in range(start, len(dag.maps)):
+        lin, val = 0.0, dag.offsets[k]
+        for s, M in dag.maps[k].items():
+            if s == 0:
+                lin = lin + M
+                val = val + x0 @ M
+            else:
+                m = masks[s - 1]
+                lin = lin + (linear[s - 1] * m) @ M
+                val = val + (value[s - 1] * m) @ M
+        linear.append(lin)
+        value.append(val)
     return _Maps(linear, value)
 
 
@@ -266,9 +302,9 @@ def _masks(pattern: np.ndarray, offsets) -> list:
 class _Search:
     """Breadth-first search over activation patterns for one ball."""
 
-    def __init__(self, weights, x0, radius, tol):
-        self.weights, self.x0, self.radius = weights, x0, radius
-        widths = [W.shape[1] for W, _ in weights]
+    def __init__(self, dag: _Dag, x0, radius, tol):
+        self.weights, self.x0, self.radius = dag, x0, radius
+        widths = [c.shape[0] for c in dag.offsets]
         self.offsets = np.concatenate([[0], np.cumsum(widths)])
         self.layer_of = np.repeat(np.arange(len(widths)), widths)
         self.oracle = _Oracle(radius, tol)
@@ -331,7 +367,7 @@ class _Search:
 
 
 def count_regions(
-    layers: Sequence[Layer],
+    network,
     x,
     radius,
     max_regions: int = 100_000,
@@ -347,9 +383,13 @@ def count_regions(
     Remark 2 of section 4 bounds by ``2^C``.
 
     Args:
-      layers: ``(W [fan_in, fan_out], b [fan_out])`` pairs, input to output;
-        the last pair is the linear output layer (not counted).
-      x: ``[d]`` centre.
+      network: ``layers`` (``(W [fan_in, fan_out], b [fan_out])`` pairs, input
+        to output; the last pair is the linear output layer, not counted) or
+        a :class:`lr_jax.Network` (its maps are materialised as dense
+        matrices in the dtype it was traced with, then searched in float64;
+        trace it under ``jax.enable_x64`` for float64 maps).
+      x: ``[d]`` centre (``input_shape`` for a Network; the ball is in the
+        flattened input).
       radius: scalar ``r >= 0``. For ``r = 0`` the count is 1 when ``x`` is
         farther than ``tol`` from every boundary and 0 when it lies on one
         (no open region contains it).
@@ -364,25 +404,25 @@ def count_regions(
       ValueError: as :func:`lr_jax.bounds.local_bound` for bad shapes or values, or
         when ``max_regions < 1``.
     """
-    result, _ = _count(layers, x, radius, max_regions, tol)
+    result, _ = _count(network, x, radius, max_regions, tol)
     return result
 
 
-def count_regions_with_stats(
-    layers: Sequence[Layer], x, radius, max_regions: int = 100_000, *, tol: float = 1e-9
-) -> tuple[RegionCount, int]:
+def count_regions_with_stats(network, x, radius, max_regions: int = 100_000, *, tol: float = 1e-9):
     """:func:`count_regions` and the number of conic programs it solved (for benchmarks)."""
-    return _count(layers, x, radius, max_regions, tol)
+    return _count(network, x, radius, max_regions, tol)
 
 
-def _count(layers, x, radius, max_regions, tol) -> tuple[RegionCount, int]:
-    prepare_inputs(layers, x, radius, batched=False)  # identical validation to the kernel
+def _count(network, x, radius, max_regions, tol) -> tuple[RegionCount, int]:
+    net, _, _ = prepare_inputs(network, x, radius, batched=False)  # identical validation to the kernel
     if max_regions < 1:
         raise ValueError(f"max_regions must be >= 1, got {max_regions}.")
     # prepare_inputs casts to the JAX compute dtype (float32 by default); the
     # search keeps the caller's values in float64 instead.
-    weights = [
-        (np.asarray(W, np.float64), np.asarray(b, np.float64)) for W, b in validate_layers(layers)[:-1]
-    ]
-    search = _Search(weights, np.asarray(x, np.float64), float(radius), float(tol))
+    if isinstance(network, Network):
+        dag = _dag_from_network(network)
+    else:
+        dag = _dag_from_layers([(W, b) for W, b in network])
+    del net
+    search = _Search(dag, np.asarray(x, np.float64).reshape(-1), float(radius), float(tol))
     return search.run(int(max_regions)), search.oracle.num_programs

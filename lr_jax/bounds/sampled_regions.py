@@ -46,17 +46,18 @@ radius ``k``) uses ``jax.random.fold_in(jax.random.fold_in(key, n), k)``, and
 from __future__ import annotations
 
 import functools
-from typing import Sequence
+import math
 
 import jax
 import jax.numpy as jnp
 
-from lr_jax.networks.layers import Layer
-from lr_jax.bounds.local_bound import (
-    PackedLayers,
-    centre_preactivations,
+from lr_jax.bounds.core import (
+    Model,
+    as_model,
+    bucket,
+    flat_preactivations,
     map_points_in_chunks,
-    pack_layers,
+    pad_rows,
     prepare_inputs,
 )
 
@@ -68,13 +69,13 @@ def _pattern_hash(preacts: jax.Array, weights: jax.Array) -> jax.Array:
     """Two 32-bit linear hashes of the activation pattern ``preacts > 0``.
 
     Args:
-      preacts: ``[..., H, W]`` hidden pre-activations.
-      weights: ``[2, H * W]`` odd ``uint32`` weights.
+      preacts: ``[..., n]`` hidden pre-activations, all layers flattened.
+      weights: ``[2, n]`` odd ``uint32`` weights.
 
     Returns:
       ``[..., 2]`` uint32 (integer arithmetic wraps modulo ``2^32``).
     """
-    bits = (preacts > 0).reshape(*preacts.shape[:-2], 1, -1).astype(jnp.uint32)
+    bits = (preacts > 0)[..., None, :].astype(jnp.uint32)
     return jnp.sum(bits * weights, axis=-1, dtype=jnp.uint32)
 
 
@@ -105,7 +106,7 @@ def _uniform_in_ball(x: jax.Array, radius: jax.Array, g: jax.Array) -> jax.Array
 
 
 def _walk_chord(
-    packed: PackedLayers,
+    model: Model,
     x: jax.Array,
     v: jax.Array,
     radius: jax.Array,
@@ -122,7 +123,7 @@ def _walk_chord(
     step = radius * jnp.sqrt(jnp.finfo(x.dtype).eps)
 
     def preacts_at(t):
-        return centre_preactivations(packed, x + t * v)
+        return flat_preactivations(model, (x + t * v).reshape(model.input_shape))
 
     def body(i, state):
         t_lo, hashes = state
@@ -144,7 +145,7 @@ def _walk_chord(
 
 
 def _count_one(
-    packed: PackedLayers,
+    model: Model,
     x: jax.Array,
     radius: jax.Array,
     key: jax.Array,
@@ -156,18 +157,19 @@ def _count_one(
     # One normal draw serves the points and the chord directions: every
     # random-number call is another threefry instance for XLA to compile.
     k_hash, k_normal = jax.random.split(key)
-    num_bits = (packed.kernels.shape[0] + 1) * packed.first_bias.shape[0]  # H * W
+    x = x.reshape(-1)  # the ball lives in the flattened input
+    num_bits = sum(math.prod(node.shape) for node in model.nodes)
     weights = jax.random.bits(k_hash, (2, num_bits), jnp.uint32) | jnp.uint32(1)
     g = jax.random.normal(k_normal, (num_samples + num_chords, x.shape[0] + 1), x.dtype)
 
     points = _uniform_in_ball(x, radius, g[:num_samples])
-    preacts = jax.vmap(centre_preactivations, in_axes=(None, 0))(packed, points)
+    preacts = jax.vmap(lambda p: flat_preactivations(model, p.reshape(model.input_shape)))(points)
     hashes = _pattern_hash(preacts, weights)  # [S, 2]
     if num_chords:
         v = g[num_samples:, :-1]
         directions = v / jnp.linalg.norm(v, axis=-1, keepdims=True)
         walk = functools.partial(
-            _walk_chord, packed, x, radius=radius, weights=weights,
+            _walk_chord, model, x, radius=radius, weights=weights,
             filler=hashes[0], max_breakpoints=max_breakpoints,
         )
         chord_hashes = jax.vmap(walk)(directions).reshape(-1, 2)
@@ -176,14 +178,14 @@ def _count_one(
 
 
 @functools.partial(jax.jit, static_argnames=("num_samples", "num_chords", "max_breakpoints"))
-def _sample_regions_jit(layers, xs, radii, key, *, num_samples, num_chords, max_breakpoints):
-    packed = pack_layers(layers, xs.dtype)
+def _sample_regions_jit(net, xs, radii, key, *, num_samples, num_chords, max_breakpoints):
+    model = as_model(net)
     count = functools.partial(
         _count_one, num_samples=num_samples, num_chords=num_chords, max_breakpoints=max_breakpoints
     )
 
     def per_ball(x, n, radius, k):
-        return count(packed, x, radius, jax.random.fold_in(jax.random.fold_in(key, n), k))
+        return count(model, x, radius, jax.random.fold_in(jax.random.fold_in(key, n), k))
 
     per_radius = jax.vmap(per_ball, in_axes=(None, None, 0, 0))
     per_point = jax.vmap(per_radius, in_axes=(0, 0, None, None))
@@ -206,7 +208,7 @@ def _check_sizes(num_samples: int, num_chords: int, max_breakpoints: int) -> Non
 
 
 def sample_regions(
-    layers: Sequence[Layer],
+    network,
     xs: jax.Array,
     radii,
     key: jax.Array,
@@ -221,12 +223,13 @@ def sample_regions(
     docstring for why this is a lower bound, also under hash collisions).
     ``jax.vmap`` over radii, then over points, in chunks of
     ``_POINTS_PER_CHUNK`` points, so memory grows as
-    ``_POINTS_PER_CHUNK * R * (num_samples + num_chords * max_breakpoints) * H * W``.
+    ``_POINTS_PER_CHUNK * R * (num_samples + num_chords * max_breakpoints) * n_hidden``.
 
     Args:
-      layers: ``(W [fan_in, fan_out], b [fan_out])`` pairs, input to output;
-        the last pair is the linear output layer (not counted).
-      xs: ``[N, d]`` centres.
+      network: ``layers`` (``(W [fan_in, fan_out], b [fan_out])`` pairs, input
+        to output; the last pair is the linear output layer, not counted) or
+        a :class:`lr_jax.Network`.
+      xs: ``[N, d]`` centres (``[N, *input_shape]`` for a Network).
       radii: ``[R]`` radii (a scalar is taken as ``R = 1``).
       key: a ``jax.random`` key; ball ``(n, k)`` uses
         ``fold_in(fold_in(key, n), k)``.
@@ -242,22 +245,24 @@ def sample_regions(
       ValueError: as :func:`lr_jax.local_bounds` for bad shapes or values, or
         for non-positive sizes.
     """
-    layers, xs, radii = prepare_inputs(layers, xs, radii, batched=True)
+    net, xs, radii = prepare_inputs(network, xs, radii, batched=True)
     _check_sizes(num_samples, num_chords, max_breakpoints)
-    return _sample_regions_jit(
-        layers, xs, radii, key,
+    n, r = xs.shape[0], radii.shape[0]
+    out = _sample_regions_jit(
+        net, pad_rows(xs, bucket(n)), radii if r else jnp.zeros((1,), radii.dtype), key,
         num_samples=num_samples, num_chords=num_chords, max_breakpoints=max_breakpoints,
     )
+    return out[:n, :r]
 
 
 @functools.partial(jax.jit, static_argnames=("num_samples", "num_chords", "max_breakpoints"))
-def _sample_region_count_jit(layers, x, radius, key, *, num_samples, num_chords, max_breakpoints):
-    packed = pack_layers(layers, x.dtype)
-    return _count_one(packed, x, radius, key, num_samples, num_chords, max_breakpoints)
+def _sample_region_count_jit(net, x, radius, key, *, num_samples, num_chords, max_breakpoints):
+    model = as_model(net)
+    return _count_one(model, x, radius, key, num_samples, num_chords, max_breakpoints)
 
 
 def sample_region_count(
-    layers: Sequence[Layer],
+    network,
     x: jax.Array,
     radius,
     key: jax.Array,
@@ -267,15 +272,15 @@ def sample_region_count(
 ) -> jax.Array:
     """:func:`sample_regions` for one ball, with ``key`` used as the ball's own key.
 
-    ``sample_region_count(layers, xs[n], radii[k], fold_in(fold_in(key, n), k))``
-    equals ``sample_regions(layers, xs, radii, key)[n, k]``.
+    ``sample_region_count(network, xs[n], radii[k], fold_in(fold_in(key, n), k))``
+    equals ``sample_regions(network, xs, radii, key)[n, k]``.
 
     Returns:
       Scalar int32.
     """
-    layers, x, radius = prepare_inputs(layers, x, radius, batched=False)
+    net, x, radius = prepare_inputs(network, x, radius, batched=False)
     _check_sizes(num_samples, num_chords, max_breakpoints)
     return _sample_region_count_jit(
-        layers, x, radius, key,
+        net, x, radius, key,
         num_samples=num_samples, num_chords=num_chords, max_breakpoints=max_breakpoints,
     )

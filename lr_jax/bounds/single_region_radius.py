@@ -15,13 +15,22 @@ Every returned value is a radius at which ``C = 0`` was actually verified (or
 
 from __future__ import annotations
 
-from typing import NamedTuple, Sequence
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-from lr_jax.networks.layers import Layer
-from lr_jax.bounds.local_bound import bound_at_radius, centre_preactivations, pack_layers, prepare_inputs
+from lr_jax.bounds import algorithm1
+from lr_jax.bounds.core import (
+    as_model,
+    bucket,
+    concrete_int,
+    default_chunk_size,
+    forward,
+    map_points_in_chunks,
+    pad_rows,
+    prepare_inputs,
+)
 
 
 class SingleRegionRadius(NamedTuple):
@@ -38,9 +47,11 @@ class SingleRegionRadius(NamedTuple):
     capped: jax.Array
 
 
-def _single_point(packed, preacts, grid, num_bisect):
+def _single_point(model, lin_in, x, grid, num_bisect):
+    preacts = forward(model, x.reshape(model.input_shape))
+
     def is_single(r):
-        return bound_at_radius(packed, preacts, r).num_unstable == 0
+        return algorithm1.single_pair_count(model, lin_in, preacts, r) == 0
 
     single = jax.vmap(is_single)(grid)  # [G]
     first_bad = jnp.argmin(single)  # index of the first grid radius with C > 0
@@ -59,20 +70,23 @@ def _single_point(packed, preacts, grid, num_bisect):
     return SingleRegionRadius(radius.astype(grid.dtype), all_single)
 
 
-@jax.jit(static_argnames=("num_grid", "num_bisect"))
-def _single_region_radius_jit(layers, xs, r_max, num_grid, num_bisect):
-    packed = pack_layers(layers, xs.dtype)
-    preacts = jax.vmap(centre_preactivations, in_axes=(None, 0))(packed, xs)
+@jax.jit(static_argnames=("num_grid", "num_bisect", "points_per_chunk"))
+def _single_region_radius_jit(net, xs, r_max, num_grid, num_bisect, points_per_chunk):
+    model = as_model(net)
+    lin_in = algorithm1.input_maps(model)
     grid = r_max * jnp.arange(1, num_grid + 1, dtype=xs.dtype) / num_grid
-    return jax.vmap(_single_point, in_axes=(None, 0, None, None))(packed, preacts, grid, num_bisect)
+    per_point = jax.vmap(lambda x: _single_point(model, lin_in, x, grid, num_bisect))
+    return map_points_in_chunks(per_point, xs, points_per_chunk)
 
 
 def single_region_radius(
-    layers: Sequence[Layer],
+    network,
     xs: jax.Array,
     r_max: float,
     num_grid: int = 16,
     num_bisect: int = 12,
+    *,
+    chunk_size: int | None = None,
 ) -> SingleRegionRadius:
     """Largest verified radius with a single linear region, for every point.
 
@@ -80,21 +94,31 @@ def single_region_radius(
     ``k = 1..num_grid``; between the last grid radius with ``C = 0`` and the
     first with ``C > 0`` the bracket is halved ``num_bisect`` times. The result
     is within ``r_max / (num_grid * 2**num_bisect)`` of the largest ``C = 0``
-    radius when ``C`` is monotone in the radius.
+    radius when ``C`` is monotone in the radius. Points are padded to a bucket
+    and evaluated in fixed-size chunks, as in :func:`lr_jax.local_bounds`.
 
     Args:
-      layers: ``(W, b)`` pairs as in :func:`lr_jax.bounds.local_bound`.
-      xs: ``[N, d]`` points.
+      network: ``layers`` or a :class:`lr_jax.Network`.
+      xs: ``[N, d]`` points (``[N, *input_shape]`` for a Network).
       r_max: largest radius tried (> 0).
       num_grid: grid size (static).
       num_bisect: bisection steps (static).
+      chunk_size: (point, radius) pairs per chunk (each point counts
+        ``num_grid`` pairs); default as :func:`lr_jax.local_bounds`.
 
     Returns:
       :class:`SingleRegionRadius` with ``[N]`` fields.
     """
-    if not r_max > 0:
+    if not isinstance(r_max, jax.core.Tracer) and not r_max > 0:
         raise ValueError(f"r_max must be > 0, got {r_max}.")
     if num_grid < 1 or num_bisect < 0:
         raise ValueError(f"need num_grid >= 1 and num_bisect >= 0, got {num_grid}, {num_bisect}.")
-    layers, xs, r_max = prepare_inputs(layers, xs, r_max, batched=True)
-    return _single_region_radius_jit(layers, xs, r_max[0], num_grid, num_bisect)
+    net, xs, r_max = prepare_inputs(network, xs, r_max, batched=True)
+    if chunk_size is None:
+        chunk_size = default_chunk_size(net, xs.dtype)
+    chunk_size = concrete_int("chunk_size", chunk_size)
+    n = xs.shape[0]
+    out = _single_region_radius_jit(
+        net, pad_rows(xs, bucket(n)), r_max[0], num_grid, num_bisect, max(1, chunk_size // num_grid)
+    )
+    return jax.tree.map(lambda a: a[:n], out)

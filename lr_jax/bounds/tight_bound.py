@@ -52,6 +52,19 @@ the plain per-layer binomial bound; ``d_l`` only makes it smaller. (When every
 width is at most ``d``, e.g. the paper's 36-input nets of width 32, the
 binomial factor only helps through the dead neurons in ``d_l``.)
 
+**Graphs.** For a network with several sources per layer
+(:mod:`lr_jax.bounds.core`) the backward pass walks the ReLU layers in
+reverse order: the coefficient rows on ``z_t`` move to each source through
+the transpose of that source's map (``rows M_src``, a transposed conv for a
+conv), collect on every earlier ``h_k`` from all the layers that read it,
+are relaxed there as above, and so on down to the input. The counting uses
+the rank of what feeds each layer: with ``rk(x) = d``,
+``rk(h_k) = min(alive_k, rk(z_k))`` (on a region ``h_k`` is ``z_k`` masked to
+its switched-on neurons) and ``rk(z_t) = min(d, sum_src rk(src))``;
+``d_t = rk(z_t)`` is at most the dimension of the affine image in which
+layer ``t``'s hyperplanes live on each region of the earlier layers. For a
+chain this is ``min(d, alive_1, ..., alive_{t-1})`` as above.
+
 ``changed`` and ``deviation`` are Algorithm 1's, returned unchanged: the
 bound propagation does not recompute ``P`` or ``U``.
 
@@ -62,28 +75,24 @@ either way in float32 (enable ``jax_enable_x64`` when that matters).
 
 from __future__ import annotations
 
-from typing import NamedTuple, Sequence
+import math
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 from jax.scipy.special import gammaln, logsumexp
 
-from lr_jax.networks.layers import Layer
-from lr_jax.bounds.local_bound import LocalBound, PackedLayers, bound_at_radius, local_bounds
-
-_HIGHEST = jax.lax.Precision.HIGHEST
+from lr_jax.bounds import algorithm1
+from lr_jax.bounds.algorithm1 import LayerResult
+from lr_jax.bounds.core import Model, count_unstable, matmul, safe_norm
 
 
 class _Relaxation(NamedTuple):
-    """Linear bounds ``lower_slope z <= relu(z) <= upper_slope z + upper_offset``, per neuron ``[W]``."""
+    """Linear bounds ``lower_slope z <= relu(z) <= upper_slope z + upper_offset``, per neuron."""
 
     lower_slope: jax.Array
     upper_slope: jax.Array
     upper_offset: jax.Array
-
-
-def _matmul(a, b):
-    return jnp.matmul(a, b, precision=_HIGHEST)
 
 
 def _relaxation(lo, hi, active, dead) -> _Relaxation:
@@ -107,42 +116,58 @@ def _relaxation(lo, hi, active, dead) -> _Relaxation:
     )
 
 
-def _backward_lower(packed: PackedLayers, relax: list, layer: int, x, radius):
-    """Certified lower bounds of ``+-z_layer`` over the ball, by backward substitution.
+def _sum_rows(a: jax.Array) -> jax.Array:
+    """``[m, ...] -> [m]``."""
+    return jnp.sum(a.reshape(a.shape[0], -1), axis=-1)
+
+
+def _backward_bounds(model: Model, relax: dict, offsets: dict, t: int, x, radius):
+    """Certified lower and upper bounds of ``z_t`` over the ball, by backward substitution.
 
     Args:
-      packed: from :func:`pack_layers`.
-      relax: relaxations of hidden layers ``0 .. layer - 1``.
-      layer: target hidden layer (``>= 1``), 0-based.
-      x: ``[d]`` centre.
+      model: the network.
+      relax: relaxations of ReLU layers ``1 .. t - 1`` (flat ``[n_k]`` fields).
+      offsets: the constant ``c_k`` of every layer's map.
+      t: target layer (1-based).
+      x: ``[d]`` centre, flattened.
       radius: scalar.
 
     Returns:
-      ``([W], [W])``: lower bounds of ``z_layer`` and upper bounds.
+      ``([n_t], [n_t])`` flat lower and upper bounds.
     """
-    kernel, bias = packed.kernels[layer - 1], packed.biases[layer - 1]
-    # Row m < W targets +z_m, row W + m targets -z_m: one pass gives both bounds.
-    coef = jnp.concatenate([kernel.T, -kernel.T])  # on relu(z_{layer - 1}), [2W, W]
-    const = jnp.concatenate([bias, -bias])
-    for k in range(layer - 1, -1, -1):
+    node = model.nodes[t - 1]
+    n = math.prod(node.shape)
+    eye = jnp.eye(n, dtype=x.dtype)
+    # Row m < n targets +z_m, row n + m targets -z_m: one pass gives both bounds.
+    rows = jnp.concatenate([eye, -eye]).reshape((2 * n,) + node.shape)
+    coef: dict = {}
+
+    def push(k: int, rows: jax.Array, const: jax.Array) -> jax.Array:
+        layer = model.nodes[k - 1]
+        const = const + _sum_rows(rows * offsets[k])
+        for s, c in layer.backward(rows).items():
+            coef[s] = coef[s] + c if s in coef else c
+        return const
+
+    const = push(t, rows, jnp.zeros(2 * n, x.dtype))
+    for k in range(t - 1, 0, -1):  # sources always precede their readers
+        if k not in coef:
+            continue
+        c = coef.pop(k)
         rk = relax[k]
-        positive = coef >= 0
-        # Lower bound of coef * relu(z): the lower relaxation where coef >= 0,
-        # the upper one where coef < 0.
-        const = const + jnp.sum(jnp.where(positive, 0.0, coef * rk.upper_offset), axis=-1)
-        coef = jnp.where(positive, coef * rk.lower_slope, coef * rk.upper_slope)  # now on z_k
-        if k > 0:
-            const = const + _matmul(coef, packed.biases[k - 1])
-            coef = _matmul(coef, packed.kernels[k - 1].T)
-        else:
-            const = const + _matmul(coef, packed.first_bias)
-            coef = _matmul(coef, packed.first_kernel.T)  # on the input, [2W, d]
-    lower = _matmul(coef, x) + const - radius * jnp.linalg.norm(coef, axis=-1)
-    width = kernel.shape[1]
-    return lower[:width], -lower[width:]
+        shape = c.shape
+        c = c.reshape(shape[0], -1)
+        positive = c >= 0
+        # Lower bound of c * relu(z): the lower relaxation where c >= 0, the upper one where c < 0.
+        const = const + jnp.sum(jnp.where(positive, 0.0, c * rk.upper_offset), axis=-1)
+        c = jnp.where(positive, c * rk.lower_slope, c * rk.upper_slope)  # now on z_k
+        const = push(k, c.reshape(shape), const)
+    c0 = coef[0].reshape(2 * n, -1)  # on the input, [2n, d]
+    lower = matmul(c0, x) + const - radius * safe_norm(c0)
+    return lower[:n], -lower[n:]
 
 
-def _paper_intervals(preacts, paper: LocalBound):
+def _paper_intervals(preacts, paper: LayerResult):
     """Lemma 1's pre-activation intervals ``A -+ U~`` (meaningful where ``S = 1``).
 
     Algorithm 1 stores ``U = U~ + A`` for ``A < 0`` unstable neurons and
@@ -152,25 +177,22 @@ def _paper_intervals(preacts, paper: LocalBound):
     return preacts - spread, preacts + spread
 
 
-def _crown_unstable(packed: PackedLayers, x, preacts, radius, paper: LocalBound):
-    """``S_tight`` ``[H, W]`` and certified-dead mask ``[H, W]``."""
-    paper_lo, paper_hi = _paper_intervals(preacts, paper)
-    paper_active = ~paper.unstable & (preacts > 0)
-    paper_dead = ~paper.unstable & (preacts < 0)
-    spread = radius * packed.first_norms
-    lo, hi = preacts[0] - spread, preacts[0] + spread  # exact on the ball
-    relax, unstable, dead = [], [], []
-    for layer in range(preacts.shape[0]):
-        if layer > 0:
-            lo, hi = _backward_lower(packed, relax, layer, x, radius)
-            lo = jnp.maximum(lo, paper_lo[layer])
-            hi = jnp.minimum(hi, paper_hi[layer])
-        active_l = paper_active[layer] | (lo > 0)
-        dead_l = paper_dead[layer] | (hi < 0)
-        relax.append(_relaxation(lo, hi, active_l, dead_l))
-        unstable.append(~(active_l | dead_l))
-        dead.append(dead_l)
-    return jnp.stack(unstable), jnp.stack(dead)
+def _crown(model: Model, x, preacts: list, radius, paper: list):
+    """``S_tight`` and the certified-dead mask, flat ``[n_t]`` per layer."""
+    offsets = {t: node.offset() for t, node in enumerate(model.nodes, start=1)}
+    relax, unstable, dead = {}, [], []
+    for t in range(1, len(model.nodes) + 1):
+        a = preacts[t - 1].reshape(-1)
+        p = jax.tree.map(lambda v: v.reshape(-1), paper[t - 1])
+        paper_lo, paper_hi = _paper_intervals(a, p)
+        lo, hi = _backward_bounds(model, relax, offsets, t, x, radius)
+        lo, hi = jnp.maximum(lo, paper_lo), jnp.minimum(hi, paper_hi)
+        active = (~p.unstable & (a > 0)) | (lo > 0)
+        dead_t = (~p.unstable & (a < 0)) | (hi < 0)
+        relax[t] = _relaxation(lo, hi, active, dead_t)
+        unstable.append(~(active | dead_t))
+        dead.append(dead_t)
+    return unstable, dead
 
 
 def _log2_binomial_prefix(n, k, max_n: int, dtype=jnp.float32):
@@ -187,65 +209,48 @@ def _log2_binomial_prefix(n, k, max_n: int, dtype=jnp.float32):
     return jnp.where(k >= n, nf, jnp.minimum(partial, nf))
 
 
-def _log2_region_bound(unstable, dead, input_dim: int, dtype):
-    """``min(C, sum_l log2 sum_{j <= d_l} binom(C_l, j))`` (module docstring, part 2)."""
-    per_layer = jnp.sum(unstable, axis=-1, dtype=jnp.int32)  # C_l, [H]
-    alive = unstable.shape[-1] - jnp.sum(dead, axis=-1, dtype=jnp.int32)  # padding is dead
-    # d_l = min(d, alive_1, ..., alive_{l-1}): the rank the first l-1 layers can pass on.
-    rank = jnp.minimum(input_dim, jax.lax.cummin(alive))
-    dims = jnp.concatenate([jnp.array([input_dim], jnp.int32), rank[:-1]])
-    width = unstable.shape[-1]
-    logs = jax.vmap(lambda n, k: _log2_binomial_prefix(n, k, width, dtype))(per_layer, dims)
-    total = jnp.sum(per_layer)
-    return jnp.minimum(jnp.sum(logs), total.astype(logs.dtype))
+def _log2_region_bound(model: Model, unstable: list, dead: list, dtype):
+    """``min(C, sum_t log2 sum_{j <= d_t} binom(C_t, j))`` (module docstring, part 2)."""
+    d = model.d
+    rank = {0: jnp.asarray(d, jnp.int32)}
+    logs = []
+    for t, node in enumerate(model.nodes, start=1):
+        s, dd = unstable[t - 1], dead[t - 1]
+        c_t = jnp.sum(s, dtype=jnp.int32)
+        rk_z = jnp.minimum(d, sum(rank[src] for src in node.sources))
+        logs.append(_log2_binomial_prefix(c_t, rk_z, s.shape[-1], dtype))
+        alive = s.shape[-1] - jnp.sum(dd, dtype=jnp.int32)
+        rank[t] = jnp.minimum(alive, rk_z)
+    total = count_unstable(unstable)
+    return jnp.minimum(sum(logs), total.astype(dtype))
 
 
-def tight_bound_at_radius(packed: PackedLayers, x, preacts, radius) -> LocalBound:
-    """:func:`tight_bounds` for one centre and one radius.
-
-    Args:
-      packed: from :func:`pack_layers`.
-      x: ``[d]`` centre.
-      preacts: ``[H, W]`` from :func:`centre_preactivations`.
-      radius: scalar ``r >= 0``.
+def tight_pair(model: Model, x, preacts: list, paper: list, radius):
+    """The tight bound for one centre and radius, given Algorithm 1's results for it.
 
     Returns:
-      :class:`LocalBound` with scalar counts and ``[H, W]`` masks.
+      ``(num_unstable, log2_bound, per-layer LayerResult)``: ``S_tight`` in
+      each layer's shape; ``changed`` and ``deviation`` are the paper's.
     """
-    radius = jnp.asarray(radius, preacts.dtype)
-    paper = bound_at_radius(packed, preacts, radius)
-    unstable, dead = _crown_unstable(packed, x, preacts, radius, paper)
-    unstable = unstable & paper.unstable  # never above the paper, also under rounding
-    return LocalBound(
-        num_unstable=jnp.sum(unstable, dtype=jnp.int32),
-        log2_bound=_log2_region_bound(unstable, dead, x.shape[0], preacts.dtype),
-        unstable=unstable,
-        changed=paper.changed,
-        deviation=paper.deviation,
-    )
+    x = x.reshape(-1)
+    unstable, dead = _crown(model, x, preacts, radius, paper)
+    # never above the paper, also under rounding
+    unstable = [u & p.unstable.reshape(-1) for u, p in zip(unstable, paper)]
+    log2 = _log2_region_bound(model, unstable, dead, x.dtype)
+    results = [
+        LayerResult(u.reshape(p.unstable.shape), p.changed, p.deviation) for u, p in zip(unstable, paper)
+    ]
+    return count_unstable(unstable), log2, results
 
 
-def tight_bounds(layers: Sequence[Layer], xs: jax.Array, radii, **kwargs) -> LocalBound:
-    """Tighter certified bounds than Algorithm 1 for every point and radius, jitted.
+def tight_points(model: Model, xs: jax.Array, radii: jax.Array):
+    """``(num_unstable [c, R], log2_bound [c, R], per-layer results)`` of the tight bound."""
+    preacts, paper = algorithm1.points_results(model, xs, radii)
+    xs = xs.reshape((xs.shape[0],) + model.input_shape)
 
-    The same as ``lr_jax.local_bounds(layers, xs, radii, method="tight")``:
-    :func:`tight_bound_at_radius` ``vmap``-ed over (point, radius) pairs, in
-    chunks and sharded over devices like Algorithm 1 (``kwargs`` are
-    ``local_bounds``'s ``chunk_size``, ``masks``, ``devices``).
+    def one(x, pre, pap, r):
+        return tight_pair(model, x, pre, pap, r)
 
-    Args:
-      layers: ``(W [fan_in, fan_out], b [fan_out])`` pairs, input to output;
-        the last pair is the linear output layer (not counted).
-      xs: ``[N, d]`` centres.
-      radii: ``[R]`` radii (a scalar is taken as ``R = 1``).
-
-    Returns:
-      :class:`LocalBound` with leading axes ``[N, R]``: ``unstable`` is
-      ``S_tight`` (``[N, R, H, W]``), ``num_unstable`` its count,
-      ``log2_bound <= num_unstable <= C_paper``; ``changed`` and ``deviation``
-      are Algorithm 1's.
-
-    Raises:
-      ValueError: as :func:`lr_jax.local_bounds`.
-    """
-    return local_bounds(layers, xs, radii, method="tight", **kwargs)
+    per_radius = jax.vmap(one, in_axes=(None, None, 0, 0))
+    per_point = jax.vmap(per_radius, in_axes=(0, 0, 0, None))
+    return per_point(xs, preacts, paper, radii)

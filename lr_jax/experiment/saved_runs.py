@@ -17,7 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from lr_jax.experiment.bound_summary import summarise_category
-from lr_jax.bounds.local_bound import default_chunk_size, local_bounds
+from lr_jax.bounds.core import default_chunk_size
+from lr_jax import local_bounds
 from lr_jax.experiment.run_files import atomic_write
 from lr_jax.bounds.single_region_radius import single_region_radius
 from lr_jax.experiment.train import category_points, load_categories, run_keys

@@ -38,7 +38,7 @@ takes the flat list ``[W0, b0, W1, b1, ...]``:
   transposed; ``parameters()`` yields weight then bias, layer by layer; a
   ``Linear(bias=False)`` yields no bias, so insert zeros for it);
 * Keras ``Sequential([Dense(units, activation="relu"), ..., Dense(out)])``:
-  ``layers_from_numpy(model.get_weights())`` (kernels already
+  ``layers_from_numpy(model.get_weights(), torch_layout=False)`` (kernels already
   ``[fan_in, fan_out]``).
 
 Neither checks the activations: that is the caller's responsibility there.
@@ -50,6 +50,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from lr_jax.networks.layers import Layers, validate_layers
@@ -89,8 +90,9 @@ def _unsupported(where: str, layer: Any, supported: str) -> ValueError:
     return ValueError(f"layer {where} ({_type_name(layer)}): not supported; {supported}.")
 
 
-def _zero_bias(kernel) -> np.ndarray:
-    return np.zeros(np.shape(kernel)[1], np.asarray(kernel).dtype)
+def _zero_bias(kernel):
+    # jnp, not np: the kernel may be a tracer inside a caller's jit.
+    return jnp.zeros(np.shape(kernel)[1], kernel.dtype)
 
 
 def _assemble(items: list[_Item], dense: str, supported: str) -> Layers:

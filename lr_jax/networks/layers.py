@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 Layer = tuple[jax.Array, jax.Array]
@@ -37,6 +38,12 @@ def validate_layers(layers: Sequence[Layer]) -> Layers:
         raise ValueError(
             "layers must be a sequence of (W, b) pairs, got a mapping; "
             "convert Flax params with lr_jax.layers_from_flax(params)."
+        )
+    if any(isinstance(item, Mapping) for item in layers):
+        raise ValueError(
+            "layers must be a sequence of (W, b) pairs, got a list of dicts; pass "
+            "[(p['kernel'], p['bias']) for p in ...], or trace the model with lr_jax.trace_network / "
+            "lr_jax.network_from_linen."
         )
     try:
         pairs = tuple((W, b) for W, b in layers)
@@ -100,7 +107,7 @@ def layers_from_flax(params: Mapping[str, Any]) -> Layers:
     return validate_layers([(p[n]["kernel"], p[n]["bias"]) for n in names])
 
 
-def layers_from_numpy(weights: Sequence[Any], *, torch_layout: bool = False) -> Layers:
+def layers_from_numpy(weights: Sequence[Any], *, torch_layout: bool | None = None) -> Layers:
     """Builds ``layers`` from a flat list ``[W0, b0, W1, b1, ...]`` of arrays.
 
     Args:
@@ -108,19 +115,31 @@ def layers_from_numpy(weights: Sequence[Any], *, torch_layout: bool = False) -> 
         ``[p.detach().numpy() for p in torch_model.parameters()]`` for a
         ``torch.nn.Sequential`` of ``Linear``/``ReLU``, or
         ``keras_model.get_weights()`` for a Keras stack of ``Dense(relu)``.
-      torch_layout: True when kernels are ``[fan_out, fan_in]`` (PyTorch
-        ``Linear.weight``); they are transposed to the Flax layout. Keras
-        kernels are already ``[fan_in, fan_out]``.
+      torch_layout: required. True when kernels are ``[fan_out, fan_in]``
+        (PyTorch ``Linear.weight``); they are transposed to the Flax layout.
+        False for Keras or Flax kernels, already ``[fan_in, fan_out]``. It
+        cannot be inferred: a square kernel fits both.
+
+    Works on traced arrays (inside ``jit``): nothing is converted to NumPy.
+
+    Raises:
+      ValueError: when ``torch_layout`` is not given, the count is odd, or the
+        shapes do not chain.
     """
+    if torch_layout is None:
+        raise ValueError(
+            "layers_from_numpy needs torch_layout=True (PyTorch Linear.weight, [fan_out, fan_in]) or "
+            "torch_layout=False (Keras/Flax kernels, [fan_in, fan_out]); the layout cannot be inferred "
+            "from the shapes (a square kernel fits both)."
+        )
     if len(weights) % 2:
         raise ValueError(
             f"layers_from_numpy expects kernels and biases alternating, got an odd count {len(weights)}."
         )
     pairs = []
     for k in range(0, len(weights), 2):
-        W = np.asarray(weights[k])
-        b = np.asarray(weights[k + 1])
-        if torch_layout and W.ndim == 2:
-            W = W.T
+        W, b = weights[k], weights[k + 1]
+        if torch_layout and np.ndim(W) == 2:
+            W = jnp.transpose(W) if isinstance(W, jax.Array) else np.transpose(W)
         pairs.append((W, b))
     return validate_layers(pairs)

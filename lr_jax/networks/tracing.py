@@ -1,0 +1,717 @@
+"""Any piecewise-linear ReLU network written in JAX, as a graph of ReLU layers.
+
+:func:`trace_network` traces ``apply_fn(params, x)`` for ONE input ``x`` to a
+jaxpr and reads it as the bounds need it: ReLU layers ``t = 1 .. T`` (every
+``relu`` / ``max(z, 0)`` the input reaches is one layer, in the shape of its
+argument) and, for each, the affine map from its *sources* (the input, node
+``0``, or earlier ReLU outputs) to its pre-activation::
+
+    z_t = sum_{src} M_{src,t}^T h_src + c_t,        h_t = relu(z_t).
+
+Everything between two ReLU layers must be affine in the input: dense and
+general ``dot_general`` or convolutions with a constant operand, bias adds,
+sums and differences of input-dependent values (residual connections),
+products and quotients by constants (eval-mode batch norm), average pooling
+(``reduce_window_sum``), reshapes, transposes, slices, padding,
+concatenation, broadcasting, casts between float types. Operations that do
+not depend on the input (computing a batch-norm scale from its parameters,
+reshaping a kernel) are evaluated as they are. Anything else on the path from
+the input to the output raises ``ValueError`` naming the primitive and the
+line of the user's code it comes from.
+
+The per-layer maps are evaluated by a small interpreter over the traced
+equations, in four modes: the value (``apply``), the linear part on a batch
+of tangent directions (``linear``: the map applied to the ``d`` input
+directions of ``L``, a conv applied as a conv), its transpose (``backward``,
+for backward bound propagation), and ``|M|^T u`` (``abs_linear``). The last
+is computed without forming ``M`` by running the linear part with every
+constant operand of a product replaced by its absolute value. That equals
+``|M|^T u`` exactly when no two paths from one source element to one target
+element can cancel, which holds when the equations from that source form a
+chain ``C_1 .. C_a  G  R_1 .. R_b``: ``C_i`` maps in which every input element
+reaches at most one output element (slices, reshapes, non-overlapping
+pooling, sums over an axis), at most one general map ``G`` (a dense layer, a
+conv), and ``R_i`` maps in which every output element reads at most one input
+element (broadcasts, gathers). Then ``(R G C)_{ij}`` is a single product and
+``|R G C| = |R| |G| |C|``. Other sources (two Dense layers in a row, a
+residual branch summed with its own input inside one map, overlapping
+pooling before a dense layer) get ``|M|`` materialised as a dense matrix
+once per call: exact, and small for such composites.
+
+:class:`Network` is a pytree: its leaves are the params (and arrays the
+function closed over), its structure (the traced graph) is static and
+compares by its text, so the same function traced twice is the same static
+structure and nothing recompiles. It can be built and used inside a
+caller's ``jit``, ``vmap``, ``grad`` or training step.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.extend import core as jcore
+
+try:  # where an equation comes from, for error messages (no public API for it)
+    from jax._src import source_info_util as _siu
+except ImportError:  # pragma: no cover
+    _siu = None
+
+_HIGHEST = jax.lax.Precision.HIGHEST
+
+# Calls whose body is inlined: they only group equations.
+_CALLS = {
+    "pjit": "jaxpr",
+    "jit": "jaxpr",
+    "closed_call": "call_jaxpr",
+    "core_call": "call_jaxpr",
+    "custom_jvp_call": "call_jaxpr",
+    "custom_vjp_call": "call_jaxpr",
+    "custom_vjp_call_jaxpr": "fun_jaxpr",
+    "remat": "jaxpr",
+    "checkpoint": "jaxpr",
+    "custom_lin": None,
+}
+
+# Linear maps of their one input-dependent operand; the class says how its
+# elements connect (see the module docstring): "both" at most one each way,
+# "row" each output reads one input, "col" each input reaches one output.
+_STRUCTURAL = {
+    "reshape": "both", "transpose": "both", "squeeze": "both", "expand_dims": "both",
+    "convert_element_type": "both", "copy": "both", "copy_p": "both", "rev": "both",
+    "slice": "both", "reduce_precision": "both", "neg": "both", "pad": "both",
+    "dynamic_slice": "both", "split": "both",
+    "broadcast_in_dim": "row", "gather": "row",
+    "reduce_sum": "col", "cumsum": "general", "reduce_window_sum": None,  # decided by its window
+}
+_BILINEAR = {"dot_general", "conv_general_dilated", "mul"}
+_SUMS = {"add", "sub", "add_any"}
+_OTHER_LINEAR = {"div", "concatenate", "select_n"}
+_CONTROL_FLOW = {"cond", "while", "scan", "switch", "for"}
+_NONLINEAR_HINT = {
+    "reduce_window_max": "max pooling is not supported (it is not an affine map between ReLU layers); "
+    "use average pooling",
+    "reduce_max": "a max over input-dependent values (a global max pool, or softmax's max "
+    "subtraction) is not an affine map; bound the logits, before any softmax",
+    "argmax": "argmax is not affine",
+    "tanh": "tanh is not piecewise linear; only ReLU activations are supported",
+    "logistic": "sigmoid is not piecewise linear; only ReLU activations are supported",
+    "erf": "GELU (erf) is not piecewise linear; only ReLU activations are supported",
+    "erfc": "GELU (erfc) is not piecewise linear; only ReLU activations are supported",
+    "exp": "exp (softmax, ELU, ...) is not piecewise linear; bound the logits, before any softmax",
+    "log": "log (log_softmax, ...) is not piecewise linear; bound the logits, before any softmax",
+    "min": "min / clip is not supported; only relu(z) = max(z, 0) is",
+    "clamp": "clip / relu6 is not supported; only relu(z) = max(z, 0) is",
+}
+for _cmp in ("gt", "lt", "ge", "le", "eq", "ne"):
+    _NONLINEAR_HINT[_cmp] = "a comparison of input-dependent values (control flow or a mask that depends on the input)"
+_STATS_PRIMS = {"integer_pow", "square", "rsqrt", "sqrt"}
+
+
+class _Lit(NamedTuple):
+    """A literal operand of an equation."""
+
+    value: Any
+
+
+class _Eqn(NamedTuple):
+    prim: Any  # the jax Primitive
+    ins: tuple  # var ids (int) or _Lit
+    outs: tuple  # var ids
+    params: dict
+    where: str
+
+
+class _Cone(NamedTuple):
+    """The equations computing one ReLU layer's pre-activation (or the output) from its sources."""
+
+    eqns: tuple  # indices into _Graph.eqns, in order
+    target: int  # var id of the pre-activation
+    sources: tuple  # node ids (0 = input, t = ReLU layer t)
+    source_vars: tuple  # var ids of the sources, aligned with ``sources``
+    abs_exact: tuple  # per source: |M|^T u by the abs interpreter is exact
+
+
+def _where(eqn) -> str:
+    """``file:line (function)`` of the first frame outside jax/flax/equinox, plus the module path."""
+    text = ""
+    if _siu is not None:
+        try:
+            frames = list(_siu.user_frames(eqn.source_info.traceback))
+            lib = (os.sep + "site-packages" + os.sep, os.sep + "dist-packages" + os.sep)
+            user = [f for f in frames if not any(s in f.file_name for s in lib)]
+            f = (user or frames or [None])[0]
+            if f is not None:
+                text = f"{f.file_name}:{f.start_line} ({f.function_name})"
+        except Exception:  # noqa: BLE001 - best effort: the message is still useful without it
+            text = ""
+        stack = str(getattr(eqn.source_info, "name_stack", "") or "")
+        if stack:
+            text = f"{text} [{stack}]" if text else f"[{stack}]"
+    return text or "an unknown location"
+
+
+def _flatten(closed, in_ids, counter, eqns, consts, shapes):
+    """Inlines nested calls; appends ``_Eqn`` records to ``eqns``; returns the out refs."""
+    jaxpr = closed.jaxpr if isinstance(closed, jcore.ClosedJaxpr) else closed
+    env = {}
+    inner_consts = closed.consts if isinstance(closed, jcore.ClosedJaxpr) else []
+    for v, c in zip(jaxpr.constvars, inner_consts):
+        cid = next(counter)
+        consts.append((cid, c))
+        env[v] = cid
+    for v, ref in zip(jaxpr.invars, in_ids):
+        env[v] = ref
+
+    def read(v):
+        if isinstance(v, jcore.Literal):
+            return _Lit(v.val)
+        return env[v]
+
+    for eqn in jaxpr.eqns:
+        name = eqn.primitive.name
+        ins = tuple(read(v) for v in eqn.invars)
+        if name in _CALLS and _CALLS[name] is not None and _CALLS[name] in eqn.params:
+            sub = eqn.params[_CALLS[name]]
+            n_consts = eqn.params.get("num_consts", 0) if name == "custom_vjp_call" else 0
+            del n_consts
+            outs = _flatten(sub, ins, counter, eqns, consts, shapes)
+            for v, ref in zip(eqn.outvars, outs):
+                env[v] = ref
+            continue
+        out_ids = []
+        for v in eqn.outvars:
+            i = next(counter)
+            out_ids.append(i)
+            shapes[i] = tuple(v.aval.shape)
+            if not isinstance(v, jcore.DropVar):
+                env[v] = i
+        eqns.append(_Eqn(eqn.primitive, ins, tuple(out_ids), dict(eqn.params), _where(eqn)))
+    return [read(v) for v in jaxpr.outvars]
+
+
+def _is_zero_literal(ref) -> bool:
+    if not isinstance(ref, _Lit):
+        return False
+    try:  # a literal is a concrete constant; NumPy keeps it out of any enclosing trace
+        v = np.asarray(ref.value)
+        return v.size == 1 and float(v.reshape(())) == 0.0
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def _error(eqn: _Eqn, why: str) -> ValueError:
+    return ValueError(
+        f"trace_network: '{eqn.prim.name}' at {eqn.where}: {why}. The bounds need a piecewise-linear "
+        "ReLU network: affine maps (dense, conv, average pooling, residual sums, eval-mode batch norm, "
+        "reshapes) between relu / max(z, 0) activations."
+    )
+
+
+class _Graph:
+    """The static structure of a traced network (hashable; compares by the jaxpr's text)."""
+
+    def __init__(self, closed, n_params: int, x_aval, out_shape, key: str):
+        self.key = key
+        counter = iter(range(10**9))
+        self.param_ids = tuple(next(counter) for _ in range(n_params))
+        self.x_id = next(counter)
+        eqns: list[_Eqn] = []
+        consts: list = []
+        self.shapes = {self.x_id: tuple(x_aval.shape)}
+        outs = _flatten(closed, list(self.param_ids) + [self.x_id], counter, eqns, consts, self.shapes)
+        self.const_ids = tuple(c for c, _ in consts)
+        self.const_values = [c for _, c in consts]
+        self.eqns = tuple(eqns)
+        if len(outs) != 1 or isinstance(outs[0], _Lit):
+            raise ValueError(
+                f"trace_network: apply_fn must return one array that depends on x, got {len(outs)} outputs."
+            )
+        self.out_id = outs[0]
+        self.x_shape = tuple(x_aval.shape)
+        self.x_dtype = x_aval.dtype
+        self.out_shape = tuple(out_shape)
+        self._analyse()
+
+    # -- analysis --------------------------------------------------------------
+
+    def _analyse(self):
+        dep = {self.x_id}
+        zeros = set()
+        producer = {}
+        relus = []  # (z_id, h_id, eqn index)
+        shapes = {self.x_id: self.x_shape}
+        for k, eqn in enumerate(self.eqns):
+            for o in eqn.outs:
+                producer[o] = k
+            dep_in = [i for i, r in enumerate(eqn.ins) if not isinstance(r, _Lit) and r in dep]
+            name = eqn.prim.name
+            if not dep_in:
+                # Constants of x: zeros are remembered to recognise max(z, zeros).
+                first = eqn.ins[0] if eqn.ins else None
+                if name in ("broadcast_in_dim", "convert_element_type", "reshape") and (
+                    _is_zero_literal(first) or (first is not None and not isinstance(first, _Lit) and first in zeros)
+                ):
+                    zeros.update(eqn.outs)
+                continue
+            self._check(eqn, dep_in, zeros)
+            dep.update(eqn.outs)
+            if name == "max":
+                z = eqn.ins[dep_in[0]]
+                relus.append((z, eqn.outs[0], k))
+        self.dep = frozenset(dep)
+        self.producer = producer
+        if self.out_id not in dep:
+            raise ValueError("trace_network: the output of apply_fn does not depend on x.")
+        if not relus:
+            raise ValueError(
+                "trace_network: no ReLU on the path from the input to the output; the network is affine "
+                "(one region everywhere). Apply relu / jnp.maximum(z, 0) between its layers."
+            )
+        self.relu_z = tuple(z for z, _, _ in relus)
+        self.relu_h = tuple(h for _, h, _ in relus)
+        node_of = {self.x_id: 0}
+        node_of.update({h: t for t, h in enumerate(self.relu_h, start=1)})
+        self.node_of = node_of
+        self.cones = tuple(self._cone(z) for z in self.relu_z)
+        self.out_cone = self._cone(self.out_id)
+        used = set(self.out_cone.sources)
+        for cone in self.cones:
+            used.update(cone.sources)
+        self.layer_shapes = tuple(self._shape_of(z) for z in self.relu_z)
+
+    def _shape_of(self, var_id) -> tuple:
+        return self.shapes[var_id]
+
+    def _check(self, eqn: _Eqn, dep_in: list, zeros: set) -> None:
+        name = eqn.prim.name
+        if name == "max":
+            other = eqn.ins[1 - dep_in[0]] if len(eqn.ins) == 2 else None
+            if len(dep_in) == 1 and other is not None and (
+                _is_zero_literal(other) or (not isinstance(other, _Lit) and other in zeros)
+            ):
+                return
+            raise _error(eqn, "max of input-dependent values other than relu(z) = max(z, 0)")
+        if name in _STRUCTURAL:
+            if dep_in != [0]:
+                raise _error(eqn, "an index, padding value or shape that depends on the input")
+            if name == "convert_element_type" and not jnp.issubdtype(eqn.params.get("new_dtype"), jnp.floating):
+                raise _error(eqn, "a cast of an input-dependent value to a non-float type")
+            return
+        if name in _BILINEAR:
+            if len(dep_in) == 2:
+                hint = ""
+                if name == "mul" and "norm" in eqn.where.lower():
+                    hint = " (batch statistics of a normalisation layer in training mode? apply it in eval mode, e.g. BatchNorm(use_running_average=True))"
+                raise _error(eqn, "a product of two input-dependent values" + hint)
+            return
+        if name in _SUMS:
+            return
+        if name == "div":
+            if dep_in != [0]:
+                raise _error(eqn, "a division by an input-dependent value")
+            return
+        if name == "concatenate":
+            return
+        if name == "select_n":
+            if 0 in dep_in:
+                raise _error(eqn, "a selection whose condition depends on the input (control flow on x)")
+            return
+        if name in _CONTROL_FLOW:
+            raise _error(eqn, "control flow that depends on the input (unroll it, or keep it off the path from x)")
+        if name in _NONLINEAR_HINT:
+            raise _error(eqn, _NONLINEAR_HINT[name])
+        if name in _STATS_PRIMS:
+            hint = ""
+            if "norm" in eqn.where.lower():
+                hint = " (batch statistics of a normalisation layer in training mode? apply it in eval mode, e.g. BatchNorm(use_running_average=True))"
+            raise _error(eqn, "not affine in the input" + hint)
+        raise _error(eqn, "not supported on the path from the input to the output")
+
+    def _cone(self, target) -> _Cone:
+        cut = set(self.relu_h) | {self.x_id}
+        members, sources = set(), set()
+        stack = [target]
+        seen = set()
+        while stack:
+            v = stack.pop()
+            if v in seen:
+                continue
+            seen.add(v)
+            if v in cut and v != target:
+                sources.add(v)
+                continue
+            k = self.producer[v]
+            members.add(k)
+            for r in self.eqns[k].ins:
+                if not isinstance(r, _Lit) and r in self.dep:
+                    stack.append(r)
+        eqns = tuple(sorted(members))
+        src_vars = tuple(sorted(sources, key=lambda v: self.node_of[v]))
+        exact = tuple(self._abs_exact(eqns, s, target) for s in src_vars)
+        return _Cone(eqns, target, tuple(self.node_of[v] for v in src_vars), src_vars, exact)
+
+    def _abs_exact(self, cone_eqns, source, target) -> bool:
+        """Whether the equations from ``source`` to ``target`` form a cancellation-free chain."""
+        reach = {source}
+        state = 0  # 0: only "col"/"both" so far; 1: after the general map or a "row" map
+        for k in cone_eqns:
+            eqn = self.eqns[k]
+            hits = [r for r in eqn.ins if not isinstance(r, _Lit) and r in reach]
+            if not hits:
+                continue
+            if len(hits) > 1:
+                return False  # two paths from the source meet: they may cancel
+            for o in eqn.outs:
+                reach.add(o)
+            kind = self._kind(eqn)
+            if kind == "both":
+                continue
+            if kind == "col" and state == 0:
+                continue
+            if kind in ("row", "general") and state == 0:
+                state = 1
+                continue
+            if kind == "row" and state == 1:
+                continue
+            return False
+        # Every value from the source is used once: a value read twice is a fork.
+        uses = {}
+        for k in cone_eqns:
+            for r in self.eqns[k].ins:
+                if not isinstance(r, _Lit) and r in reach:
+                    uses[r] = uses.get(r, 0) + 1
+        return all(n <= 1 for n in uses.values())
+
+    def _kind(self, eqn: _Eqn) -> str:
+        name = eqn.prim.name
+        if name in _SUMS or name in ("div", "concatenate", "select_n", "mul"):
+            return "both"
+        if name == "reduce_window_sum":
+            p = eqn.params
+            disjoint = all(s >= w for s, w in zip(p["window_strides"], p["window_dimensions"]))
+            plain = all(x == 1 for x in p["base_dilation"]) and all(x == 1 for x in p["window_dilation"])
+            return "col" if disjoint and plain else "general"
+        if name == "broadcast_in_dim" and math.prod(self.shapes[eqn.ins[0]]) == math.prod(eqn.params["shape"]):
+            return "both"  # only adds axes of size 1: a reshape
+        if name in _STRUCTURAL:
+            return _STRUCTURAL[name]
+        return "general"
+
+    # -- equality (static structure of the pytree) --------------------------------
+
+    def __eq__(self, other):
+        return isinstance(other, _Graph) and other.key == self.key
+
+    def __hash__(self):
+        return hash(self.key)
+
+
+def _eval_eqn(eqn: _Eqn, vals):
+    out = eqn.prim.bind(*vals, **eqn.params)
+    return out if eqn.prim.multiple_results else [out]
+
+
+def _read(ref, env):
+    return ref.value if isinstance(ref, _Lit) else env[ref]
+
+
+class Network:
+    """A traced piecewise-linear ReLU network (a pytree; see :func:`trace_network`).
+
+    Attributes:
+      params: the params pytree ``apply_fn`` was traced with (the leaves).
+      input_shape: the shape of one input ``x``.
+      layer_shapes: the shape of each ReLU layer's pre-activation, in order.
+      output_shape: the shape of ``apply_fn(params, x)``.
+    """
+
+    def __init__(self, params, consts, graph: _Graph):
+        self.params = params
+        self.consts = tuple(consts)
+        self._graph = graph
+
+    @property
+    def input_shape(self) -> tuple:
+        return self._graph.x_shape
+
+    @property
+    def layer_shapes(self) -> tuple:
+        return self._graph.layer_shapes
+
+    @property
+    def output_shape(self) -> tuple:
+        return self._graph.out_shape
+
+    @property
+    def dtype(self):
+        """The dtype ``x`` was traced with (float); points are cast to it."""
+        return jnp.dtype(self._graph.x_dtype)
+
+    @property
+    def num_layers(self) -> int:
+        return len(self._graph.relu_z)
+
+    @property
+    def num_hidden(self) -> int:
+        return sum(math.prod(s) for s in self.layer_shapes)
+
+    def apply(self, x: jax.Array) -> jax.Array:
+        """The traced function at one input ``x`` (the network's output)."""
+        env = _constant_env(self)
+        env[self._graph.x_id] = x
+        for k, eqn in enumerate(self._graph.eqns):
+            outs = _eval_eqn(eqn, [_read(r, env) for r in eqn.ins])
+            env.update(zip(eqn.outs, outs))
+        return env[self._graph.out_id]
+
+    def __repr__(self) -> str:
+        return (f"Network(input_shape={self.input_shape}, layer_shapes={self.layer_shapes}, "
+                f"output_shape={self.output_shape})")
+
+
+def _flatten_network(net: Network):
+    return (net.params, net.consts), net._graph
+
+
+def _unflatten_network(graph, children):
+    params, consts = children
+    return Network(params, consts, graph)
+
+
+jax.tree_util.register_pytree_node(Network, _flatten_network, _unflatten_network)
+
+
+def trace_network(apply_fn: Callable, params, example_x) -> Network:
+    """Traces ``apply_fn(params, x)`` into a :class:`Network` every bound accepts.
+
+    Args:
+      apply_fn: maps the params and ONE input ``x`` (shape of ``example_x``,
+        any rank: ``[d]``, ``[H, W, C]``) to the output (logits).
+      params: a pytree of arrays (concrete or traced: this works inside a
+        caller's ``jit``/``grad``).
+      example_x: an array (or ``jax.ShapeDtypeStruct``) with the shape of
+        one input; only its shape and dtype are used.
+
+    Returns:
+      A :class:`Network` (a pytree whose leaves are the params): pass it
+      wherever a bound takes ``layers``; points are then
+      ``[N, *example_x.shape]`` and the ball is the L2 ball in the flattened
+      input.
+
+    Raises:
+      ValueError: naming the primitive and the line of ``apply_fn`` where
+        the network stops being piecewise linear with ReLU activations (max
+        pooling, tanh/sigmoid/GELU, softmax before the output, a product of
+        two input-dependent values, train-mode batch statistics, control
+        flow on the input), or when there is no ReLU at all.
+    """
+    shape = tuple(getattr(example_x, "shape", ()))
+    dtype = getattr(example_x, "dtype", jnp.float32)
+    if not jnp.issubdtype(dtype, jnp.floating):
+        dtype = jnp.float32
+    x_aval = jax.ShapeDtypeStruct(shape, dtype)
+    leaves, treedef = jax.tree.flatten(params)
+
+    def flat_fn(leaves, x):
+        return apply_fn(jax.tree.unflatten(treedef, leaves), x)
+
+    closed, out_shape = jax.make_jaxpr(flat_fn, return_shape=True)(leaves, x_aval)
+    if not isinstance(out_shape, jax.ShapeDtypeStruct):
+        raise ValueError(
+            f"trace_network: apply_fn must return one array (the logits), got {jax.tree.structure(out_shape)}."
+        )
+    key = f"{treedef}|{shape}|{jnp.dtype(dtype)}|{closed}"
+    graph = _Graph(closed, len(leaves), x_aval, out_shape.shape, key)
+    consts, graph.const_values = graph.const_values, None  # they belong to this trace, not the structure
+    return Network(params, consts, graph)
+
+
+# ---------------------------------------------------------------------------
+# Evaluating the traced maps
+
+
+def _constant_env(net: Network) -> dict:
+    """Values of every equation that does not depend on ``x`` (params, constants and what they make)."""
+    g = net._graph
+    env = dict(zip(g.param_ids, jax.tree.leaves(net.params)))
+    env.update(zip(g.const_ids, net.consts))
+    for eqn in g.eqns:
+        if eqn.outs and eqn.outs[0] in g.dep:
+            continue
+        env.update(zip(eqn.outs, _eval_eqn(eqn, [_read(r, env) for r in eqn.ins])))
+    return env
+
+
+def _zeros(shape, like):
+    return jnp.zeros(shape, like.dtype)
+
+
+def _linear_eqn(eqn: _Eqn, ins: list, dep: list, mode: str, g: _Graph):
+    """The linear part of one affine equation (``mode="linear"``), or of its ``|.|`` (``"abs"``).
+
+    ``ins[i]`` is a tangent (or None for zero) where ``dep[i]``, else the constant operand.
+    """
+    name = eqn.prim.name
+    tangents = [v for v, d in zip(ins, dep) if d]
+    if all(v is None for v in tangents):
+        return [None] * len(eqn.outs)
+    like = next(v for v in tangents if v is not None)
+    if name in _SUMS:
+        a, b = ins
+        da, db = dep
+        negate_b = name == "sub" and mode == "linear"
+        if da and db and a is not None and b is not None:
+            return [a - b if negate_b else a + b]
+        if da and a is not None:
+            return [a]
+        return [-b if negate_b else b]
+    if name == "neg":
+        return [ins[0] if mode == "abs" else -ins[0]]
+    if name in _BILINEAR or name == "div":
+        args = [v if d else (jnp.abs(v) if mode == "abs" else v) for v, d in zip(ins, dep)]
+        return _eval_eqn(eqn, args)
+    args = []
+    for i, (v, d) in enumerate(zip(ins, dep)):
+        if d and v is None:
+            v = _zeros(g.shapes[eqn.ins[i]], like)
+        elif not d and (name in ("concatenate",) or (name == "pad" and i == 1) or (name == "select_n" and i > 0)):
+            v = jnp.zeros_like(v)  # a constant operand contributes no linear part
+        args.append(v)
+    return _eval_eqn(eqn, args)
+
+
+class GraphNode:
+    """One ReLU layer (or the output) of a traced network as the bounds use it.
+
+    Built inside traced code from the constant environment; see
+    :class:`lr_jax.bounds.core.DenseNode` for the interface.
+    """
+
+    def __init__(self, graph: _Graph, cone: _Cone, env: dict):
+        self._g, self._cone, self._env = graph, cone, env
+        self.sources = cone.sources
+        self.shape = graph.shapes[cone.target]
+        self._vars = dict(zip(cone.sources, cone.source_vars))
+        self.abs_exact = all(e for s, e in zip(cone.sources, cone.abs_exact) if s != 0)
+        # |M_s| of the sources the abs interpreter cannot do exactly, once per call.
+        self._dense_abs = {
+            s: jnp.abs(self.materialise(s))
+            for s, exact in zip(cone.sources, cone.abs_exact)
+            if s != 0 and not exact
+        }
+
+    def _run(self, srcs: dict, mode: str):
+        g, env = self._g, self._env
+        local = {self._vars[s]: v for s, v in srcs.items()}
+        for k in self._cone.eqns:
+            eqn = g.eqns[k]
+            if mode == "value":
+                vals = [_read(r, local) if (not isinstance(r, _Lit) and r in local) else _read(r, env)
+                        for r in eqn.ins]
+                outs = _eval_eqn(eqn, vals)
+            else:
+                dep = [not isinstance(r, _Lit) and r in g.dep for r in eqn.ins]
+                vals = [local.get(r) if d else _read(r, env) for r, d in zip(eqn.ins, dep)]
+                outs = _linear_eqn(eqn, vals, dep, mode, g)
+            local.update(zip(eqn.outs, outs))
+        out = local.get(self._cone.target)
+        if out is None:
+            like = next(iter(srcs.values()))
+            out = jnp.zeros(self.shape, like.dtype)
+        return out
+
+    def apply(self, vals: dict) -> jax.Array:
+        """``z = sum_s M_s^T h_s + c`` at the sources' values ``{node: [*S_s]}``."""
+        return self._run({s: vals[s] for s in self.sources}, "value")
+
+    def linear(self, tans: dict) -> jax.Array:
+        """``sum_s M_s^T t_s`` for one tangent per source (missing sources: 0)."""
+        return self._run({s: t for s, t in tans.items() if s in self._vars}, "linear")
+
+    def linear_d(self, tans: dict) -> jax.Array:
+        """``sum_s M_s^T L_s`` for ``L_s`` ``[*S_s, d]``: the map applied to each of the ``d`` directions."""
+        return jax.vmap(self.linear, in_axes=-1, out_axes=-1)(tans)
+
+    def abs_linear(self, us: dict) -> jax.Array:
+        """``sum_s |M_s|^T u_s`` (exact; see the module docstring), ``u_s`` ``[*S_s]``."""
+        exact = {s: u for s, u in us.items() if s in self._vars and s not in self._dense_abs}
+        out = self._run(exact, "abs") if exact else None
+        for s, m in self._dense_abs.items():
+            if s in us:
+                part = jnp.tensordot(us[s].reshape(-1), m, axes=1, precision=_HIGHEST)
+                out = part if out is None else out + part
+        if out is None:
+            out = jnp.zeros(self.shape, next(iter(us.values())).dtype) if us else None
+        return out
+
+    def backward(self, rows: jax.Array) -> dict:
+        """``rows M_s`` for every source: ``[m, *S] -> {s: [m, *S_s]}`` (the transpose of ``linear``)."""
+        dtype = rows.dtype
+        primals = tuple(jax.ShapeDtypeStruct(self._g.shapes[v], dtype) for v in self._cone.source_vars)
+
+        def lin(*tans):
+            return self.linear(dict(zip(self.sources, tans)))
+
+        transpose = jax.linear_transpose(lin, *primals)
+        outs = jax.vmap(transpose)(rows)
+        return dict(zip(self.sources, outs))
+
+    def offset(self) -> jax.Array:
+        """``c``: the map at zero sources."""
+        dtype = self._g.x_dtype
+        return self.apply({s: jnp.zeros(self._g.shapes[v], dtype) for s, v in self._vars.items()})
+
+    def materialise(self, source: int) -> jax.Array:
+        """``M_s`` as a dense array ``[n_s, *S]`` (row ``i``: the map of the ``i``-th basis vector)."""
+        shape = self._g.shapes[self._vars[source]]
+        n = math.prod(shape)
+        dtype = self._g.x_dtype
+        basis = jnp.eye(n, dtype=dtype).reshape((n,) + shape)
+        return jax.vmap(lambda e: self.linear({source: e}))(basis)
+
+
+_DENSE_ONLY = {"conv_general_dilated", "reduce_window_sum", "cumsum"}
+
+
+def graph_nodes(net: Network):
+    """The ReLU layers of ``net`` as nodes, and its hidden ``(W, b)`` pairs when it is a Dense chain.
+
+    A network whose every ReLU layer is 1-D, reads only the previous layer
+    (the first: the input, flattened), and contains no convolution or pooling
+    is a chain of Dense layers: its maps are materialised (exactly the
+    paper's ``M^k``; a linear bottleneck becomes its composite) and the
+    bounds run the scanned ``layers`` kernel on them.
+
+    Returns:
+      ``(nodes, dense)``: ``nodes`` a list of :class:`GraphNode`; ``dense`` a
+      tuple of ``(W [n_{t-1}, n_t], b [n_t])`` or None.
+    """
+    g = net._graph
+    env = _constant_env(net)
+    chain = all(len(s) == 1 for s in g.layer_shapes) and all(
+        cone.sources == (t,) for t, cone in enumerate(g.cones)
+    ) and not any(g.eqns[k].prim.name in _DENSE_ONLY for cone in g.cones for k in cone.eqns)
+    if chain:
+        dense = []
+        for t, cone in enumerate(g.cones):
+            node = _ChainMap(g, cone, env)
+            W = node.materialise(t).reshape(-1, g.layer_shapes[t][0])
+            dense.append((W, node.offset()))
+        return None, tuple(dense)
+    return [GraphNode(g, cone, env) for cone in g.cones], None
+
+
+class _ChainMap(GraphNode):
+    """A Dense-chain layer: only materialised, so no |M| is prepared."""
+
+    def __init__(self, graph, cone, env):
+        self._g, self._cone, self._env = graph, cone, env
+        self.sources = cone.sources
+        self.shape = graph.shapes[cone.target]
+        self._vars = dict(zip(cone.sources, cone.source_vars))
+        self._dense_abs = {}
