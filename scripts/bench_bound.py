@@ -11,6 +11,20 @@ Prints one table row per net:
 * GFLOP/s of one plain ``jnp.matmul`` doing the same total work at the same
   precision (HIGHEST), as the machine's attainable rate.
 
+Each of (a) and (b) is also run as a Flax module (a list of ``Dense``) through
+``lr_jax.trace_network``, in the same run (column ``traced pairs/s``).
+
+With ``--lenet``: a LeNet-5-style CNN on 28x28 inputs (conv 6@5x5, average
+pool 2, conv 16@5x5, average pool 2, dense 120, dense 84, output 10) through
+``trace_network`` (each map applied as it is: convs to the ``d`` directions)
+against the same net written as dense matrices (each composite map between
+ReLU layers materialised), run two ways: ``local_bounds(layers)`` and a plain
+unpadded dense recursion written here (one full-float32 matmul per layer,
+the first layer without a product). All three must give the same ``C``.
+GFLOP/s count the needed work of each form: the linear maps of layers 2..H
+applied to ``d`` directions (XLA's flop count of one application, times
+``d``) plus one ``|M|^T U`` application, per pair.
+
 With ``--scale``, measures instead how ``local_bounds(..., masks=False)``
 scales in the number of points ``N`` on the 784-1024-1024-1024-10 net
 (N(0, 1/fan_in) kernels, points uniform in ``[0, 1]^784``, radii 0.1, 0.2,
@@ -39,6 +53,7 @@ Usage:
   python scripts/bench_bound.py --json out.json
   python scripts/bench_bound.py --exact                # rate of the exact counter
   python scripts/bench_bound.py --scale               # N in 1e3, 1e4, 7e4 (GPU)
+  python scripts/bench_bound.py --lenet               # LeNet-5: traced (structured) vs dense forms
   python scripts/bench_bound.py --scale --scale-points 1000,10000 --max-seconds 60   # CPU
 """
 
@@ -61,7 +76,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import flax.linen as nn  # noqa: E402
+
+import lr_jax  # noqa: E402
 from lr_jax import local_bounds  # noqa: E402
+from lr_jax.networks.tracing import graph_nodes  # noqa: E402
 from lr_jax.bounds.core import default_chunk_size  # noqa: E402
 from tests.reference_algorithm1 import algorithm1_vectorised  # noqa: E402
 
@@ -104,11 +123,35 @@ def _matmul_gflops(m, d, pairs, repeats):
     return 2 * m * m * pairs * d / t / 1e9
 
 
+class _DenseList(nn.Module):
+    """The MLP as most Flax users write it: a list of Dense, relu between."""
+
+    widths: tuple
+
+    def setup(self):
+        self.dense = [nn.Dense(w) for w in self.widths]
+
+    def __call__(self, x):
+        for layer in self.dense[:-1]:
+            x = nn.relu(layer(x))
+        return self.dense[-1](x)
+
+
+def _traced(layers):
+    module = _DenseList(tuple(W.shape[1] for W, _ in layers))
+    params = {f"dense_{i}": {"kernel": W, "bias": b} for i, (W, b) in enumerate(layers)}
+    return lr_jax.network_from_linen(module, {"params": params}, np.zeros(layers[0][0].shape[0], np.float32))
+
+
 def bench(name, d, widths, n_points, ref_points, repeats):
     layers = _net(d, widths, 2)
+    net = _traced(layers)
     xs = np.random.default_rng(1).uniform(0, 1, size=(n_points, d)).astype(np.float32)
     pairs = n_points * len(RADII)
     t_jax = _time(lambda: local_bounds(layers, xs, RADII).num_unstable.block_until_ready(), repeats)
+    t_traced = _time(lambda: local_bounds(net, xs, RADII).num_unstable.block_until_ready(), repeats)
+    same = bool(np.array_equal(np.asarray(local_bounds(net, xs[:8], RADII).num_unstable),
+                               np.asarray(local_bounds(layers, xs[:8], RADII).num_unstable)))
     ref_pairs = ref_points * len(RADII)
 
     def run_ref():
@@ -123,6 +166,8 @@ def bench(name, d, widths, n_points, ref_points, repeats):
         "net": name,
         "pairs": pairs,
         "jax_pairs_per_s": pairs / t_jax,
+        "traced_pairs_per_s": pairs / t_traced,
+        "traced_same_c": same,
         "numpy_pairs_per_s": ref_pairs / t_ref,
         "speedup": (pairs / t_jax) / (ref_pairs / t_ref),
         "gflops": gflops,
@@ -275,6 +320,98 @@ def exact_main(radii: np.ndarray) -> None:
         print(f"{r:7.3g} {c:4d} {rc.count:8d} {str(rc.complete):>9s} {programs:9d} {t:8.2f} {rc.count / t:10.1f} {programs / t:11.1f}")
 
 
+# ---------------------------------------------------------------------------
+# --lenet: structured maps against dense matrices
+
+
+class LeNet5(nn.Module):
+    @nn.compact
+    def __call__(self, x):  # [28, 28, 1]
+        x = nn.relu(nn.Conv(6, (5, 5), padding="VALID")(x))  # [24, 24, 6]
+        x = nn.avg_pool(x, (2, 2), strides=(2, 2))  # [12, 12, 6]
+        x = nn.relu(nn.Conv(16, (5, 5), padding="VALID")(x))  # [8, 8, 16]
+        x = nn.avg_pool(x, (2, 2), strides=(2, 2)).reshape(-1)  # [256]
+        x = nn.relu(nn.Dense(120)(x))
+        x = nn.relu(nn.Dense(84)(x))
+        return nn.Dense(10)(x)
+
+
+_HI = jax.lax.Precision.HIGHEST
+
+
+def _dense_pair(layers, x, r):
+    """Algorithm 1 on dense matrices, unpadded: one matmul per layer, none for the first."""
+    pre, h = [], x
+    for W, b in layers[:-1]:
+        z = jnp.matmul(h, W, precision=_HI) + b
+        pre.append(z)
+        h = jax.nn.relu(z)
+    c, lin, moving = 0, None, None
+    for k, (W, _) in enumerate(layers[:-1]):
+        if k == 0:
+            new_lin, usum = W, jnp.zeros(W.shape[1])  # L = I: the kernel itself, [d, n]
+        else:
+            new_lin = jnp.matmul(lin, W, precision=_HI)
+            usum = jnp.matmul(moving, jnp.abs(W), precision=_HI)
+        a = pre[k]
+        u = r * jnp.sqrt(jnp.sum(new_lin * new_lin, axis=0)) + usum
+        dead = (a < 0) & (u + a < 0)
+        pos = (a >= 0) & (u < a)
+        linear = pos & (usum == 0)
+        c = c + jnp.sum(~(dead | pos))
+        lin = jnp.where(linear[None], new_lin, 0.0)
+        moving = jnp.where(dead | linear, 0.0, jnp.where(a < 0, u + a, u))
+    return c
+
+
+def _map_flops(node, source) -> float:
+    """XLA's flop count of one application of a layer's linear map (one direction)."""
+    shape = node._g.shapes[node._vars[source]]
+    compiled = jax.jit(lambda t: node.linear({source: t})).lower(jnp.zeros(shape, jnp.float32)).compile()
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return float(cost.get("flops", 0.0))
+
+
+def lenet_main(n_points: int, repeats: int) -> None:
+    module = LeNet5()
+    x0 = jnp.zeros((28, 28, 1), jnp.float32)
+    variables = module.init(jax.random.PRNGKey(0), x0)
+    net = lr_jax.network_from_linen(module, variables, x0)
+    nodes, _ = graph_nodes(net)
+    d = 28 * 28
+    layers = []
+    for t, node in enumerate(nodes):
+        W = node.materialise(t).reshape(-1, int(np.prod(node.shape)))  # the composite M^t, [n_{t-1}, n_t]
+        layers.append((W, node.offset().reshape(-1)))
+    layers.append((jnp.zeros((layers[-1][0].shape[1], 10)), jnp.zeros(10)))  # output: not counted
+    xs = np.random.default_rng(1).uniform(0, 1, size=(n_points, 28, 28, 1)).astype(np.float32)
+    flat = xs.reshape(n_points, d)
+    pairs = n_points * len(RADII)
+    dense_fn = jax.jit(jax.vmap(jax.vmap(lambda x, r: _dense_pair(layers, x, r), (None, 0)), (0, None)))
+    runs = {
+        "trace_network (structured)": lambda: local_bounds(net, xs, RADII, masks=False).num_unstable,
+        "local_bounds(layers), dense": lambda: local_bounds(layers, flat, RADII, masks=False).num_unstable,
+        "plain unpadded dense recursion": lambda: dense_fn(jnp.asarray(flat), jnp.asarray(RADII)),
+    }
+    counts = {k: np.asarray(f()) for k, f in runs.items()}
+    times = {k: _time(lambda f=f: f().block_until_ready(), repeats) for k, f in runs.items()}
+    structured = sum(d * _map_flops(node, t) + _map_flops(node, t) for t, node in enumerate(nodes) if t > 0)
+    structured += d * sum(_map_flops(node, 0) for node in nodes[:1]) / max(pairs, 1)  # input map, once per call
+    dense = sum(2.0 * W.shape[0] * W.shape[1] * (d + 1) for W, _ in layers[1:-1])
+    flops = {"trace_network (structured)": structured, "local_bounds(layers), dense": dense,
+             "plain unpadded dense recursion": dense}
+    ref = counts["plain unpadded dense recursion"]
+    device = jax.devices()[0]
+    print(f"device: {device.device_kind} ({jax.default_backend()}), jax {jax.__version__}; LeNet-5 on 28x28, "
+          f"{n_points} points x {len(RADII)} radii; widths {[int(np.prod(n.shape)) for n in nodes]}; mean C {ref.mean():.1f}")
+    print(f"{'form':32s} {'pairs/s':>9s} {'vs plain dense':>15s} {'GFLOP/pair':>11s} {'GFLOP/s':>9s} {'same C':>7s}")
+    for k in runs:
+        rate = pairs / times[k]
+        print(f"{k:32s} {rate:9.1f} {rate / (pairs / times['plain unpadded dense recursion']):14.2f}x "
+              f"{flops[k] / 1e9:11.3f} {flops[k] * rate / 1e9:9.1f} {str(bool(np.array_equal(counts[k], ref))):>7s}")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--paper-points", type=int, default=2048)
@@ -292,6 +429,8 @@ def main():
     p.add_argument("--scale-child", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--exact", action="store_true", help="rate of lr_jax.count_regions (regions/s, cone programs/s)")
     p.add_argument("--exact-radii", default="0.05,0.1,0.15", help="--exact: comma-separated radii")
+    p.add_argument("--lenet", action="store_true", help="LeNet-5: traced vs dense matrices (see above)")
+    p.add_argument("--lenet-points", type=int, default=4, help="--lenet: points (x 4 radii)")
     args = p.parse_args()
     if args.scale_child is not None:
         row = scale_child(args.scale_child, _parse_floats(args.scale_radii), args.max_seconds, args.chunk_size)
@@ -303,6 +442,9 @@ def main():
     if args.exact:
         exact_main(_parse_floats(args.exact_radii))
         return
+    if args.lenet:
+        lenet_main(args.lenet_points, args.repeats)
+        return
 
     rows = [bench("(a) 36-64-64-64-2", 36, [64, 64, 64], args.paper_points, args.ref_points, args.repeats)]
     if not args.skip_large:
@@ -311,12 +453,14 @@ def main():
         )
     device = jax.devices()[0]
     print(f"device: {device.device_kind} ({jax.default_backend()}), jax {jax.__version__}, {platform.processor() or platform.machine()}")
-    head = f"{'net':28s} {'pairs':>7s} {'jax pairs/s':>12s} {'numpy pairs/s':>14s} {'speedup':>8s} {'GFLOP/s':>9s} {'matmul GFLOP/s':>15s} {'frac':>6s}"
+    head = (f"{'net':28s} {'pairs':>7s} {'jax pairs/s':>12s} {'traced pairs/s':>15s} {'numpy pairs/s':>14s} "
+            f"{'speedup':>8s} {'GFLOP/s':>9s} {'matmul GFLOP/s':>15s} {'frac':>6s}")
     print(head)
     for r in rows:
         print(
-            f"{r['net']:28s} {r['pairs']:7d} {r['jax_pairs_per_s']:12.0f} {r['numpy_pairs_per_s']:14.1f} "
-            f"{r['speedup']:8.1f} {r['gflops']:9.1f} {r['matmul_gflops']:15.1f} {r['fraction_of_matmul']:6.2f}"
+            f"{r['net']:28s} {r['pairs']:7d} {r['jax_pairs_per_s']:12.0f} {r['traced_pairs_per_s']:15.0f} "
+            f"{r['numpy_pairs_per_s']:14.1f} {r['speedup']:8.1f} {r['gflops']:9.1f} {r['matmul_gflops']:15.1f} "
+            f"{r['fraction_of_matmul']:6.2f}" + ("" if r["traced_same_c"] else "  (traced C differs!)")
         )
     if args.json:
         args.json.write_text(json.dumps({"device": str(device.device_kind), "rows": rows}, indent=2))

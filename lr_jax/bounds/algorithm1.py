@@ -178,12 +178,16 @@ def dense_pairs(dense, preacts: list, radii: jax.Array) -> list:
 
 
 def input_maps(model: Model) -> dict:
-    """``M_{0,t}^T I``, ``[*shape_t, d]``, for every layer reading the input (once per call)."""
+    """``M_{0,t}^T I`` ``[d, *shape_t]`` and its column norms, per layer reading the input.
+
+    Constant for a network: computed once per call, outside the pairs.
+    """
     if model.dense is not None:
         return {}
     d = model.d
-    eye = jnp.eye(d, dtype=model.dtype).reshape(model.input_shape + (d,))
-    return {t: node.linear_d({0: eye}) for t, node in enumerate(model.nodes, start=1) if 0 in node.sources}
+    eye = jnp.eye(d, dtype=model.dtype).reshape((d,) + model.input_shape)
+    maps = {t: node.linear_d({0: eye}) for t, node in enumerate(model.nodes, start=1) if 0 in node.sources}
+    return {t: (m, safe_norm(m, axis=0)) for t, m in maps.items()}
 
 
 def graph_pair(model: Model, lin_in: dict, preacts: list, radius) -> list:
@@ -201,14 +205,15 @@ def graph_pair(model: Model, lin_in: dict, preacts: list, radius) -> list:
     L, P, U, outs = {}, {}, {}, []
     for t, node in enumerate(model.nodes, start=1):
         relu_sources = [s for s in node.sources if s != 0]
-        lin = lin_in.get(t)
+        lin, norm = lin_in.get(t, (None, None))
         dev_sum = jnp.zeros(node.shape, preacts[t - 1].dtype)
         if relu_sources:
-            part = node.linear_d({s: L[s] for s in relu_sources})
+            part = node.linear_d({s: L[s] for s in relu_sources})  # [d, *shape_t]
             lin = part if lin is None else lin + part
+            norm = safe_norm(lin, axis=0)
             dev_sum = node.abs_linear({s: jnp.where(P[s], U[s], 0.0) for s in relu_sources})
-        unstable, changed, deviation, linear = neuron_update(preacts[t - 1], safe_norm(lin), dev_sum, radius)
-        L[t] = jnp.where(linear[..., None], lin, 0.0)
+        unstable, changed, deviation, linear = neuron_update(preacts[t - 1], norm, dev_sum, radius)
+        L[t] = jnp.where(linear[None], lin, 0.0)
         P[t], U[t] = changed, deviation
         outs.append(LayerResult(unstable, changed, deviation))
     return outs

@@ -91,8 +91,8 @@ class DenseNode:
         return matmul(vals[self.sources[0]], self.W) + self.b
 
     def linear_d(self, tans):
-        """``M^T L``: tangents ``[n_src, d]`` -> ``[n, d]``."""
-        return matmul(self.W.T, tans[self.sources[0]])
+        """``M^T L`` for ``d`` directions: ``[d, n_src] -> [d, n]``."""
+        return matmul(tans[self.sources[0]], self.W)
 
     def abs_linear(self, us):
         """``|M|^T u``: ``[n_src] -> [n]``."""

@@ -634,8 +634,11 @@ class GraphNode:
         return self._run({s: t for s, t in tans.items() if s in self._vars}, "linear")
 
     def linear_d(self, tans: dict) -> jax.Array:
-        """``sum_s M_s^T L_s`` for ``L_s`` ``[*S_s, d]``: the map applied to each of the ``d`` directions."""
-        return jax.vmap(self.linear, in_axes=-1, out_axes=-1)(tans)
+        """``sum_s M_s^T L_s`` for ``L_s`` ``[d, *S_s]``: the map applied to each of the ``d`` directions.
+
+        The directions lead, so that a conv sees them as its batch (no transposes).
+        """
+        return jax.vmap(self.linear)(tans)
 
     def abs_linear(self, us: dict) -> jax.Array:
         """``sum_s |M_s|^T u_s`` (exact; see the module docstring), ``u_s`` ``[*S_s]``."""
