@@ -1,8 +1,8 @@
 """Small Flax linen nets of every supported kind, each with hand-written segments.
 
-``make_net(kind, key)`` returns ``(module, variables, example_x, segments,
-shapes)``: the module the user would write, its variables (BatchNorm
-statistics randomised), and the same function written segment by segment
+``make_net(kind, seed)`` returns ``(module, variables, example_x, segments,
+shapes)``: the module the user would write, random variables (N(0, 1/fan_in)
+kernels, non-zero biases, random BatchNorm statistics and signed scales), and the same function written segment by segment
 with plain ``jax.lax`` ops from the variables, for the dense reference
 (:mod:`tests.reference_graph`).
 """
@@ -12,6 +12,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 _DN = ("NHWC", "HWIO", "NHWC")
@@ -94,41 +95,31 @@ _INPUTS = {
 KINDS = tuple(_INPUTS)
 
 
-def _randomise_stats(variables, key):
-    if "batch_stats" not in variables:
-        return variables
-    k1, k2, k3, k4 = jax.random.split(key, 4)
-    bs = variables["batch_stats"]["BatchNorm_0"]
-    p = dict(variables["params"])
-    bn = dict(p["BatchNorm_0"])
-    n = bs["mean"].shape
-    bn["scale"] = jax.random.normal(k3, n, bs["mean"].dtype)  # negative scales too
-    bn["bias"] = 0.3 * jax.random.normal(k4, n, bs["mean"].dtype)
-    p["BatchNorm_0"] = bn
-    stats = {"BatchNorm_0": {"mean": 0.3 * jax.random.normal(k1, n, bs["mean"].dtype),
-                             "var": jax.random.uniform(k2, n, bs["mean"].dtype, 0.5, 2.0)}}
-    return {"params": p, "batch_stats": stats}
+def _fill(path, leaf, rng):
+    """A random value for one variable, by its name (NumPy: no compile per net)."""
+    name = path[-1].key
+    shape = leaf.shape
+    if name == "kernel":
+        fan_in = int(np.prod(shape[:-1]))
+        return rng.normal(size=shape) / np.sqrt(fan_in)
+    if name in ("bias", "mean"):
+        return 0.3 * rng.normal(size=shape)  # non-zero: the centre's pattern is not trivial
+    if name == "scale":
+        return rng.normal(size=shape)  # negative batch-norm scales too
+    if name == "var":
+        return rng.uniform(0.5, 2.0, size=shape)
+    raise KeyError(name)
 
 
-def _bias_noise(variables, key, scale=0.3):
-    """Non-zero biases, so that the centre's pattern is not trivial."""
-    leaves, treedef = jax.tree.flatten_with_path(variables["params"])
-    keys = jax.random.split(key, len(leaves))
-    new = [
-        v + scale * jax.random.normal(k, v.shape, v.dtype) if path[-1].key == "bias" else v
-        for (path, v), k in zip(leaves, keys)
-    ]
-    return {**variables, "params": jax.tree.unflatten(treedef, new)}
-
-
-def make_net(kind: str, key, dtype=jnp.float32):
+def make_net(kind: str, seed: int, dtype=jnp.float32):
     module_cls, shape = _INPUTS[kind]
     module = module_cls()
-    k_init, k_bias, k_stats = jax.random.split(key, 3)
     example = jnp.zeros(shape, dtype)
-    variables = module.init(k_init, example)
-    variables = jax.tree.map(lambda a: a.astype(dtype), variables)
-    variables = _randomise_stats(_bias_noise(variables, k_bias), k_stats)
+    structure = jax.eval_shape(module.init, jax.random.key(0), example)
+    rng = np.random.default_rng(seed)
+    variables = jax.tree_util.tree_map_with_path(
+        lambda path, leaf: jnp.asarray(_fill(path, leaf, rng), dtype), structure
+    )
     segments, shapes = _segments(kind, variables)
     return module, variables, example, segments, shapes
 

@@ -277,8 +277,9 @@ _WITHOUT_EXTRAS = textwrap.dedent(
     """
     import sys
     class _Block:
+        # The experiment's and the exact counter's packages (optax stays: flax itself needs it).
         blocked = ("hydra", "omegaconf", "orbax", "tensorflow_datasets", "mlxtend", "matplotlib",
-                   "clarabel", "optax", "tqdm", "tensorboardX")
+                   "clarabel", "tqdm", "tensorboardX", "equinox")
         def find_spec(self, name, path=None, target=None):
             if name.split(".")[0] in self.blocked:
                 raise ImportError(f"{name} is blocked in this test")

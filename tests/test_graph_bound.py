@@ -21,7 +21,7 @@ RADII = np.array([0.0, 0.05, 0.3, 1.0])
 @pytest.mark.parametrize("kind", KINDS)
 def test_graph_recursion_matches_dense_reference(kind):
     with jax.enable_x64(True):
-        module, variables, example, segments, shapes = make_net(kind, jax.random.key(1), jnp.float64)
+        module, variables, example, segments, shapes = make_net(kind, 1, jnp.float64)
         net = lr_jax.network_from_linen(module, variables, example)
         xs = np.random.default_rng(0).normal(size=(3,) + example.shape)
         # The hand-written segments compute the module's function (a check of the test itself).
@@ -52,14 +52,14 @@ def test_structured_abs_path_is_used_where_exact():
         ("resmlp", [(True,), (False,), (True, True), (True, True)]),  # W h1 + h1: materialised
     ]
     for kind, expected in cases:
-        module, variables, example, _, _ = make_net(kind, jax.random.key(0))
+        module, variables, example, _, _ = make_net(kind, 0)
         net = lr_jax.network_from_linen(module, variables, example)
         assert [c.abs_exact for c in net._graph.cones] == expected, kind
 
 
 @pytest.mark.parametrize("kind", ["cnn_pool", "cnn_overlap", "resmlp"])
 def test_soundness_by_sampling_on_graphs(kind):
-    module, variables, example, segments, shapes = make_net(kind, jax.random.key(2))
+    module, variables, example, segments, shapes = make_net(kind, 2)
     net = lr_jax.network_from_linen(module, variables, example)
     dense = dense_segments(segments, shapes)
     rng = np.random.default_rng(3)
@@ -82,7 +82,7 @@ def test_soundness_by_sampling_on_graphs(kind):
 
 
 def test_sampled_and_exact_counts_on_a_cnn():
-    module, variables, example, segments, shapes = make_net("cnn_pool", jax.random.key(4))
+    module, variables, example, segments, shapes = make_net("cnn_pool", 4)
     net = lr_jax.network_from_linen(module, variables, example)
     x = np.random.default_rng(5).normal(size=example.shape)
     r = 0.05
@@ -99,7 +99,7 @@ def test_sampled_and_exact_counts_on_a_cnn():
 
 
 def test_single_region_radius_on_a_network_is_certified():
-    module, variables, example, segments, shapes = make_net("resmlp", jax.random.key(6))
+    module, variables, example, segments, shapes = make_net("resmlp", 6)
     net = lr_jax.network_from_linen(module, variables, example)
     xs = np.random.default_rng(7).normal(size=(4,) + example.shape)
     rad = lr_jax.single_region_radius(net, xs, r_max=2.0)

@@ -226,8 +226,10 @@ def test_torch_sequential_layout(hand_built):
         h = h @ torch_params[k].T.astype(np.float64) + torch_params[k + 1]
         h = np.maximum(h, 0.0) if k < len(torch_params) - 2 else h
     np.testing.assert_allclose(_forward(converted, xs), h, rtol=1e-12)
-    with pytest.raises(ValueError, match=r"layer 0: b must have shape \[fan_out\] = \(5,\)"):
+    with pytest.raises(ValueError, match="torch_layout=True"):
         layers_from_numpy(torch_params)  # forgetting torch_layout fails loudly
+    with pytest.raises(ValueError, match=r"layer 0: b must have shape \[fan_out\] = \(5,\)"):
+        layers_from_numpy(torch_params, torch_layout=False)  # the wrong layout too (non-square)
 
 
 def test_keras_stack_layout(hand_built):

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -19,6 +21,7 @@ def _section_code(title: str) -> str:
     return "\n".join(blocks)
 
 
+@pytest.mark.slow
 def test_bounding_your_own_network_examples_run(tmp_path):
     code = _section_code("Bounding your own network")
     # The checkify example must report the negative radius.

@@ -28,6 +28,7 @@ from typing import Any, Callable, NamedTuple, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import checkify
 
 from lr_jax.networks.layers import validate_layers
 from lr_jax.networks.tracing import Network, graph_nodes
@@ -298,8 +299,6 @@ def checkify_inputs(xs: jax.Array, radii: jax.Array) -> None:
     For ``validate=True`` under ``jax.experimental.checkify.checkify``: the
     checks run on traced values and surface through the returned error.
     """
-    from jax.experimental import checkify  # part of jax; loaded only when asked for
-
     checkify.check(jnp.all(jnp.isfinite(xs)), "lr_jax: xs contains NaN or inf")
     checkify.check(jnp.all(jnp.isfinite(radii)), "lr_jax: a radius is NaN or inf")
     checkify.check(jnp.all(radii >= 0), "lr_jax: a radius is negative")

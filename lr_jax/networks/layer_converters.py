@@ -49,9 +49,11 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from typing import Any, NamedTuple
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 from lr_jax.networks.layers import Layers, validate_layers
 
@@ -145,8 +147,6 @@ def _assemble(items: list[_Item], dense: str, supported: str) -> Layers:
 
 
 def _linen_items(bound_seq, prefix: str) -> Iterator[_Item]:
-    import flax.linen as nn
-
     for i, layer in enumerate(bound_seq.layers):
         where = f"{prefix}{i}"
         if layer is jax.nn.relu:
@@ -189,8 +189,6 @@ def layers_from_sequential(module, params: Mapping[str, Any]) -> Layers:
       ValueError: when ``module`` is not a linen Sequential, or a layer is
         unsupported or out of order (the message names its index and type).
     """
-    import flax.linen as nn
-
     if not isinstance(module, nn.Sequential):
         hint = " (for lr_jax.experiment.models.MLP use lr_jax.layers_from_flax(params))" if isinstance(module, nn.Module) else ""
         raise ValueError(f"layers_from_sequential expects a flax.linen.Sequential, got {_type_name(module)}{hint}.")
@@ -207,8 +205,6 @@ def layers_from_sequential(module, params: Mapping[str, Any]) -> Layers:
 
 
 def _nnx_items(seq, prefix: str) -> Iterator[_Item]:
-    from flax import nnx
-
     for i, layer in enumerate(seq.layers):
         where = f"{prefix}{i}"
         if layer is jax.nn.relu:
@@ -241,8 +237,6 @@ def layers_from_nnx(model) -> Layers:
       ValueError: when ``model`` is not an nnx Sequential, or a layer is
         unsupported or out of order (the message names its index and type).
     """
-    from flax import nnx
-
     if not isinstance(model, nnx.Sequential):
         raise ValueError(f"layers_from_nnx expects a flax.nnx.Sequential, got {_type_name(model)}.")
     return _assemble(list(_nnx_items(model, "")), "Linear", _NNX)

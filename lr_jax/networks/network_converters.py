@@ -19,6 +19,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from flax import nnx
+
 from lr_jax.networks.tracing import Network, trace_network
 
 
@@ -55,8 +57,6 @@ def network_from_nnx(model, example_x) -> Network:
     Returns:
       A :class:`lr_jax.Network` whose params are the module's ``nnx.State``.
     """
-    from flax import nnx
-
     graphdef, state = nnx.split(model)
 
     def apply_fn(state, x):
