@@ -1,16 +1,46 @@
-"""A certified lower bound on the distance from a point to its nearest region boundary.
+"""The distance from a point to its nearest region boundary: the largest radius with ``C = 0``.
 
 If Algorithm 1 returns ``C = 0`` for ``B_r(x)``, every hidden pre-activation keeps
 its sign on the whole closed ball (condition S of section 4), so the ball lies in
-one linear region and the distance from ``x`` to the nearest region boundary is
-at least ``r``. The largest such ``r`` is therefore a certified lower bound on
-that distance; the paper relates its trend to the trend of the bounds
-(section 5.2).
+one linear region. The paper relates the trend of the largest such ``r`` to the
+trend of the bounds (section 5.2). That radius has a closed form.
 
-We find it by evaluating the kernel on a grid of radii (vmapped) and refining by
-bisection between the last radius with ``C = 0`` and the first with ``C > 0``.
-Every returned value is a radius at which ``C = 0`` was actually verified (or
-0), so the result is certified whether or not ``C`` is monotone in ``r``.
+**Claim.** Let ``g_j = grad z_j(x)`` be the gradient of hidden neuron ``j``'s
+pre-activation at ``x`` inside ``x``'s own region (the ReLU masks fixed to
+``x``'s pattern, ``relu'(0) = 0``) and ``A_j = z_j(x)``. Then
+
+    C(r) = 0   iff   r < r* = min_j |A_j| / ||g_j||_2
+
+(a ratio ``|A_j| / 0`` is ``+inf``, and ``0 / 0`` is ``0``), and ``r*`` is the
+distance from ``x`` to the nearest hyperplane ``{x' : A_j + g_j . (x' - x) = 0}``
+bounding its region: the distance to the nearest region boundary.
+
+*Proof.* By induction over the layers (in order; with several sources per
+layer the same argument runs over every source). Suppose ``r < r*`` and every
+neuron before ``j`` has ``S = P = 0`` with ``L_i = g_i`` if it is on and
+``L_i = 0`` if it is off. Then ``Usum_j = 0`` (no source has ``P = 1``) and
+``L_j = sum_src sum_{i: on} M[i, j] g_i = g_j`` (the chain rule under the
+pattern), so ``U_j = r ||g_j|| < |A_j|``: a neuron with ``A_j > 0`` takes the
+branch ``P = S = 0`` with ``L_j = g_j``, one with ``A_j < 0`` is dead
+(``U_j + A_j < 0``: ``P = S = 0``, ``L_j = 0 = `` its output's gradient). So
+every neuron is stable and ``C = 0``. Conversely, at ``r >= r*`` let ``j`` be
+the first neuron (in layer order) with ``r ||g_j|| >= |A_j|``; everything
+before it is as above, so ``U_j = r ||g_j|| >= |A_j|`` and neither stable
+branch's strict inequality holds (for ``A_j = 0`` the positive branch needs
+``U_j < 0``): ``S_j = 1`` and ``C > 0``. Finally, inside the region every
+``z_j`` is the affine function ``A_j + g_j . (x' - x)``, which vanishes first at
+distance ``|A_j| / ||g_j||``; the region is the intersection of these
+half-spaces, so the distance to its boundary is the smallest of them. QED.
+
+So one forward-mode pass (the Jacobian of the pre-activations at ``x``)
+replaces the grid of radii and the bisection. ``method="bisection"`` keeps
+the older search (a grid of radii, then bisection between the last ``C = 0``
+and the first ``C > 0``), a lower bound within
+``r_max / (num_grid * 2**num_bisect)`` of ``r*`` for comparison.
+
+Precision: ``r*`` is computed in the compute dtype; Algorithm 1 run at a
+radius within a few ulps (relative) of ``r*`` may classify the closest neuron
+either way.
 """
 
 from __future__ import annotations
@@ -26,10 +56,12 @@ from lr_jax.bounds.core import (
     bucket,
     concrete_int,
     default_chunk_size,
+    flat_preactivations,
     forward,
     map_points_in_chunks,
     pad_rows,
     prepare_inputs,
+    safe_norm,
 )
 
 
@@ -37,14 +69,30 @@ class SingleRegionRadius(NamedTuple):
     """Result of :func:`single_region_radius`, one entry per point.
 
     Attributes:
-      radius: ``[N]`` largest radius verified to give ``C = 0`` (a certified
-        lower bound on the distance to the nearest region boundary).
-      capped: ``[N]`` bool, True when ``C = 0`` held up to ``r_max``: the true
-        distance may be larger than ``radius``.
+      radius: ``[N]`` the distance to the nearest region boundary ``r*``
+        (``C = 0`` exactly for radii below it), capped at ``r_max`` when one is
+        given; with ``method="bisection"`` the largest radius verified to give
+        ``C = 0``, a lower bound on ``r*``.
+      capped: ``[N]`` bool, True when ``r*`` (or ``C = 0`` in the search)
+        reached ``r_max``: the distance may be larger than ``radius``.
     """
 
     radius: jax.Array
     capped: jax.Array
+
+
+def _distance(model, x):
+    """``r* = min_j |A_j| / ||g_j||`` for one point (module docstring)."""
+    x = x.reshape(model.input_shape)
+
+    def preacts(v):
+        return flat_preactivations(model, v).astype(v.dtype)
+
+    a = preacts(x)
+    grads = jax.jacfwd(preacts)(x).reshape(a.shape[0], -1)  # [n_hidden, d]; relu's jvp is 0 at 0
+    norm = safe_norm(grads)
+    ratio = jnp.where(norm > 0, jnp.abs(a) / jnp.where(norm > 0, norm, 1.0), jnp.where(a == 0, 0.0, jnp.inf))
+    return jnp.min(ratio)
 
 
 def _single_point(model, lin_in, x, grid, num_bisect):
@@ -70,55 +118,76 @@ def _single_point(model, lin_in, x, grid, num_bisect):
     return SingleRegionRadius(radius.astype(grid.dtype), all_single)
 
 
-@jax.jit(static_argnames=("num_grid", "num_bisect", "points_per_chunk"))
-def _single_region_radius_jit(net, xs, r_max, num_grid, num_bisect, points_per_chunk):
+@jax.jit(static_argnames=("num_grid", "num_bisect", "points_per_chunk", "method"))
+def _single_region_radius_jit(net, xs, r_max, num_grid, num_bisect, points_per_chunk, method):
     model = as_model(net)
-    lin_in = algorithm1.input_maps(model)
-    grid = r_max * jnp.arange(1, num_grid + 1, dtype=xs.dtype) / num_grid
-    per_point = jax.vmap(lambda x: _single_point(model, lin_in, x, grid, num_bisect))
+    if method == "exact":
+        def per_point(xc):
+            r = jax.vmap(lambda x: _distance(model, x))(xc)
+            return SingleRegionRadius(jnp.minimum(r, r_max).astype(xs.dtype), r >= r_max)
+    else:
+        lin_in = algorithm1.input_maps(model)
+        grid = r_max * jnp.arange(1, num_grid + 1, dtype=xs.dtype) / num_grid
+        per_point = jax.vmap(lambda x: _single_point(model, lin_in, x, grid, num_bisect))
     return map_points_in_chunks(per_point, xs, points_per_chunk)
+
+
+METHODS = ("exact", "bisection")
 
 
 def single_region_radius(
     network,
     xs: jax.Array,
-    r_max: float,
+    r_max=None,
     num_grid: int = 16,
     num_bisect: int = 12,
     *,
+    method: str = "exact",
     chunk_size: int | None = None,
 ) -> SingleRegionRadius:
-    """Largest verified radius with a single linear region, for every point.
+    """The distance to the nearest region boundary (the largest radius with ``C = 0``), per point.
 
-    Algorithm 1 is evaluated at the grid ``r_max * k / num_grid`` for
-    ``k = 1..num_grid``; between the last grid radius with ``C = 0`` and the
-    first with ``C > 0`` the bracket is halved ``num_bisect`` times. The result
-    is within ``r_max / (num_grid * 2**num_bisect)`` of the largest ``C = 0``
-    radius when ``C`` is monotone in the radius. Points are padded to a bucket
-    and evaluated in fixed-size chunks, as in :func:`lr_jax.local_bounds`.
+    ``method="exact"`` (default): the closed form ``r* = min_j |A_j| / ||g_j||``
+    of the module docstring, one forward-mode pass per point.
+    ``method="bisection"``: Algorithm 1 evaluated at the grid
+    ``r_max * k / num_grid`` for ``k = 1..num_grid``, then the bracket between
+    the last grid radius with ``C = 0`` and the first with ``C > 0`` halved
+    ``num_bisect`` times: a verified radius within
+    ``r_max / (num_grid * 2**num_bisect)`` below ``r*``. Points are padded to
+    a bucket and evaluated in fixed-size chunks, as in :func:`lr_jax.local_bounds`.
 
     Args:
       network: ``layers`` or a :class:`lr_jax.Network`.
       xs: ``[N, d]`` points (``[N, *input_shape]`` for a Network).
-      r_max: largest radius tried (> 0).
-      num_grid: grid size (static).
-      num_bisect: bisection steps (static).
-      chunk_size: (point, radius) pairs per chunk (each point counts
-        ``num_grid`` pairs); default as :func:`lr_jax.local_bounds`.
+      r_max: cap on the radius (> 0); required for ``"bisection"``, optional
+        (None: no cap) for ``"exact"``.
+      num_grid: grid size for ``"bisection"`` (static).
+      num_bisect: bisection steps for ``"bisection"`` (static).
+      method: ``"exact"`` or ``"bisection"``.
+      chunk_size: (point, radius) pairs per chunk (a point counts ``num_grid``
+        pairs); default as :func:`lr_jax.local_bounds`.
 
     Returns:
       :class:`SingleRegionRadius` with ``[N]`` fields.
     """
-    if not isinstance(r_max, jax.core.Tracer) and not r_max > 0:
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}.")
+    if r_max is None:
+        if method == "bisection":
+            raise ValueError("method='bisection' needs r_max (> 0), the largest radius tried.")
+        r_max = float("inf")
+    elif not isinstance(r_max, jax.core.Tracer) and not r_max > 0:
         raise ValueError(f"r_max must be > 0, got {r_max}.")
     if num_grid < 1 or num_bisect < 0:
         raise ValueError(f"need num_grid >= 1 and num_bisect >= 0, got {num_grid}, {num_bisect}.")
-    net, xs, r_max = prepare_inputs(network, xs, r_max, batched=True)
+    net, xs, _ = prepare_inputs(network, xs, 0.0, batched=True)
+    r_max = jnp.asarray(r_max, xs.dtype)
     if chunk_size is None:
         chunk_size = default_chunk_size(net, xs.dtype)
     chunk_size = concrete_int("chunk_size", chunk_size)
     n = xs.shape[0]
+    per_chunk = max(1, chunk_size // (num_grid if method == "bisection" else 1))
     out = _single_region_radius_jit(
-        net, pad_rows(xs, bucket(n)), r_max[0], num_grid, num_bisect, max(1, chunk_size // num_grid)
+        net, pad_rows(xs, bucket(n)), r_max, num_grid, num_bisect, per_chunk, method
     )
     return jax.tree.map(lambda a: a[:n], out)
