@@ -314,3 +314,25 @@ def test_every_module_imports_first_and_alone(module):
     proc = subprocess.run([sys.executable, "-c", f"import {module}"], cwd=ROOT, capture_output=True,
                           text=True, timeout=120, env=dict(os.environ, JAX_PLATFORMS="cpu"))
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_vmap_over_stacked_params_equals_a_loop():
+    """Seeds trained together: the bound vmapped over a leading params axis (layers and Network)."""
+    rng = np.random.default_rng(14)
+    stacked = [(jnp.asarray(rng.normal(size=(3,) + s), jnp.float32), jnp.asarray(rng.normal(size=(3, s[1])), jnp.float32))
+               for s in [(4, 6), (6, 6), (6, 2)]]
+    xs = jnp.asarray(rng.normal(size=(5, 4)), jnp.float32)
+
+    def apply_fn(p, x):
+        for W, b in p[:-1]:
+            x = jax.nn.relu(x @ W + b)
+        return x @ p[-1][0] + p[-1][1]
+
+    via_layers = jax.vmap(lambda p: lr_jax.local_bounds(p, xs, RADII).num_unstable)(stacked)
+    via_net = jax.vmap(lambda p: lr_jax.local_bounds(lr_jax.trace_network(apply_fn, p, xs[0]), xs, RADII,
+                                                     method="tight").num_unstable)(stacked)
+    for k in range(3):
+        one = [(W[k], b[k]) for W, b in stacked]
+        np.testing.assert_array_equal(np.asarray(via_layers[k]), np.asarray(lr_jax.local_bounds(one, xs, RADII).num_unstable))
+        np.testing.assert_array_equal(
+            np.asarray(via_net[k]), np.asarray(lr_jax.local_bounds(one, xs, RADII, method="tight").num_unstable))
