@@ -423,16 +423,3 @@ def concrete_int(name: str, value) -> int:
     if v < 1:
         raise ValueError(f"{name} must be >= 1, got {value}.")
     return v
-
-
-def n_hidden(net_or_layers) -> int:
-    """Number of hidden (ReLU) neurons."""
-    if isinstance(net_or_layers, Network):
-        return sum(math.prod(s) for s in net_or_layers.layer_shapes)
-    return sum(int(np.shape(W)[1]) for W, _ in net_or_layers[:-1])
-
-
-def layer_shapes(net_or_layers) -> tuple:
-    if isinstance(net_or_layers, Network):
-        return tuple(net_or_layers.layer_shapes)
-    return tuple((int(np.shape(W)[1]),) for W, _ in net_or_layers[:-1])

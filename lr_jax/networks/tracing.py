@@ -74,7 +74,6 @@ _CALLS = {
     "custom_vjp_call_jaxpr": "fun_jaxpr",
     "remat": "jaxpr",
     "checkpoint": "jaxpr",
-    "custom_lin": None,
 }
 
 # Linear maps of their one input-dependent operand; the class says how its
@@ -175,10 +174,8 @@ def _flatten(closed, in_ids, counter, eqns, consts, shapes):
     for eqn in jaxpr.eqns:
         name = eqn.primitive.name
         ins = tuple(read(v) for v in eqn.invars)
-        if name in _CALLS and _CALLS[name] is not None and _CALLS[name] in eqn.params:
+        if name in _CALLS and _CALLS[name] in eqn.params:
             sub = eqn.params[_CALLS[name]]
-            n_consts = eqn.params.get("num_consts", 0) if name == "custom_vjp_call" else 0
-            del n_consts
             outs = _flatten(sub, ins, counter, eqns, consts, shapes)
             for v, ref in zip(eqn.outvars, outs):
                 env[v] = ref
@@ -279,9 +276,6 @@ class _Graph:
         self.node_of = node_of
         self.cones = tuple(self._cone(z) for z in self.relu_z)
         self.out_cone = self._cone(self.out_id)
-        used = set(self.out_cone.sources)
-        for cone in self.cones:
-            used.update(cone.sources)
         self.layer_shapes = tuple(self._shape_of(z) for z in self.relu_z)
 
     def _shape_of(self, var_id) -> tuple:
