@@ -103,6 +103,10 @@ class DenseNode:
         """``rows M^T``: ``[m, n] -> {src: [m, n_src]}`` (coefficients moved to the source)."""
         return {self.sources[0]: matmul(rows, self.W.T)}
 
+    def transposed(self):
+        """``M^T`` per source, ``{src: [n, n_src]}``: row ``j`` holds ``z_j``'s coefficients."""
+        return {self.sources[0]: self.W.T}
+
     def offset(self):
         return self.b
 

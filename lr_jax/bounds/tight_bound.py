@@ -137,9 +137,6 @@ def _backward_bounds(model: Model, relax: dict, offsets: dict, t: int, x, radius
     """
     node = model.nodes[t - 1]
     n = math.prod(node.shape)
-    eye = jnp.eye(n, dtype=x.dtype)
-    # Row m < n targets +z_m, row n + m targets -z_m: one pass gives both bounds.
-    rows = jnp.concatenate([eye, -eye]).reshape((2 * n,) + node.shape)
     coef: dict = {}
 
     def push(k: int, rows: jax.Array, const: jax.Array) -> jax.Array:
@@ -149,7 +146,12 @@ def _backward_bounds(model: Model, relax: dict, offsets: dict, t: int, x, radius
             coef[s] = coef[s] + c if s in coef else c
         return const
 
-    const = push(t, rows, jnp.zeros(2 * n, x.dtype))
+    # Row m < n targets +z_m, row n + m targets -z_m: one pass gives both bounds.
+    # The first step is M^T itself (no product with an identity).
+    for s, m in node.transposed().items():
+        coef[s] = jnp.concatenate([m, -m])
+    c_t = offsets[t].reshape(-1)
+    const = jnp.concatenate([c_t, -c_t])
     for k in range(t - 1, 0, -1):  # sources always precede their readers
         if k not in coef:
             continue
@@ -244,13 +246,20 @@ def tight_pair(model: Model, x, preacts: list, paper: list, radius):
 
 
 def tight_points(model: Model, xs: jax.Array, radii: jax.Array):
-    """``(num_unstable [c, R], log2_bound [c, R], per-layer results)`` of the tight bound."""
+    """``(num_unstable [c, R], log2_bound [c, R], per-layer results)`` of the tight bound.
+
+    One ``vmap`` over the ``c * R`` (point, radius) pairs: a flat batch lets
+    XLA fuse each layer's backward products into one matmul for the chunk.
+    """
     preacts, paper = algorithm1.points_results(model, xs, radii)
-    xs = xs.reshape((xs.shape[0],) + model.input_shape)
+    c, r = xs.shape[0], radii.shape[0]
+    xs = xs.reshape((c,) + model.input_shape)
 
-    def one(x, pre, pap, r):
-        return tight_pair(model, x, pre, pap, r)
+    def pairs(a):  # [c, ...] -> [c * R, ...], the point repeated for each radius
+        return jnp.repeat(a, r, axis=0)
 
-    per_radius = jax.vmap(one, in_axes=(None, None, 0, 0))
-    per_point = jax.vmap(per_radius, in_axes=(0, 0, 0, None))
-    return per_point(xs, preacts, paper, radii)
+    flat = jax.tree.map(lambda a: a.reshape((c * r,) + a.shape[2:]), paper)
+    out = jax.vmap(lambda x, pre, pap, rad: tight_pair(model, x, pre, pap, rad))(
+        pairs(xs), jax.tree.map(pairs, preacts), flat, jnp.tile(radii, c)
+    )
+    return jax.tree.map(lambda a: a.reshape((c, r) + a.shape[1:]), out)

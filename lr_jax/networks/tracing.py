@@ -328,6 +328,8 @@ class _Graph:
 
     def _cone(self, target) -> _Cone:
         cut = set(self.relu_h) | {self.x_id}
+        if target in cut:  # relu(relu(z)), relu(x), or an output that is a ReLU layer itself: the identity map
+            return _Cone((), target, (self.node_of[target],), (target,), (True,))
         members, sources = set(), set()
         stack = [target]
         seen = set()
@@ -657,6 +659,11 @@ class GraphNode:
         transpose = jax.linear_transpose(lin, *primals)
         outs = jax.vmap(transpose)(rows)
         return dict(zip(self.sources, outs))
+
+    def transposed(self) -> dict:
+        """``M_s^T`` for every source, ``{s: [n, *S_s]}`` (``backward`` of the identity)."""
+        n = math.prod(self.shape)
+        return self.backward(jnp.eye(n, dtype=self._g.x_dtype).reshape((n,) + self.shape))
 
     def offset(self) -> jax.Array:
         """``c``: the map at zero sources."""
