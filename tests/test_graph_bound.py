@@ -258,3 +258,58 @@ def test_train_mode_batch_norm_is_refused():
 def test_no_relu_is_refused():
     with pytest.raises(ValueError, match="no ReLU"):
         lr_jax.trace_network(lambda p, x: x @ p, jnp.ones((3, 2)), jnp.zeros(3))
+
+
+# ---- edge cases found by trying the API as a user -----------------------------------
+
+_A = jnp.asarray(np.random.default_rng(20).normal(size=(4, 4)), jnp.float32)
+_B = jnp.ones((4, 3))
+_X = np.array([1.62, 2.03, -0.43, -0.08], np.float32)
+
+
+def test_relu_of_the_input_and_relu_of_a_relu():
+    first = lr_jax.trace_network(lambda p, x: jax.nn.relu(jax.nn.relu(x) @ p) @ _B, _A, jnp.zeros(4))
+    assert first.layer_shapes == ((4,), (4,))
+    twice = lr_jax.trace_network(lambda p, x: jax.nn.relu(jax.nn.relu(x @ p)) @ _B, _A, jnp.zeros(4))
+    once = lr_jax.trace_network(lambda p, x: jax.nn.relu(x @ p) @ _B, _A, jnp.zeros(4))
+    for net in (first, twice):
+        paper = lr_jax.local_bound(net, _X, 0.5)
+        tight = lr_jax.local_bound(net, _X, 0.5, method="tight")
+        assert float(tight.log2_bound) <= int(paper.num_unstable)
+    # relu(relu(z)) has the regions of relu(z): the exact count flips coinciding neurons together.
+    exact_twice, exact_once = lr_jax.count_regions(twice, _X, 0.5), lr_jax.count_regions(once, _X, 0.5)
+    sampled = int(lr_jax.sample_regions(twice, _X[None], 0.5, jax.random.key(0))[0, 0])
+    assert exact_twice.complete and exact_twice.count == exact_once.count >= sampled >= 2
+
+
+def test_nan_weights_of_a_network_are_refused():
+    net = lr_jax.trace_network(lambda p, x: jax.nn.relu(x @ p) @ p, jnp.full((4, 4), jnp.nan), jnp.zeros(4))
+    with pytest.raises(ValueError, match="NaN or inf"):
+        lr_jax.local_bounds(net, np.zeros((2, 4)), 0.1)
+
+
+def test_active_dropout_is_refused_and_eval_mode_works():
+    class Drop(nn.Module):
+        deterministic: bool
+
+        @nn.compact
+        def __call__(self, x):
+            h = nn.relu(nn.Dense(5)(x))
+            return nn.Dense(2)(nn.Dropout(0.5, deterministic=self.deterministic)(h))
+
+    v = Drop(True).init(jax.random.key(0), jnp.zeros(3))
+    with pytest.raises(ValueError, match="random value.*eval mode"):
+        lr_jax.network_from_linen(Drop(False), v, jnp.zeros(3), rngs={"dropout": jax.random.key(1)})
+    assert lr_jax.network_from_linen(Drop(True), v, jnp.zeros(3)).layer_shapes == ((5,),)
+
+
+def test_errors_inside_library_helpers_name_the_callers_line():
+    with pytest.raises(ValueError, match=r"'ge' at .*test_graph_bound\.py"):
+        lr_jax.trace_network(lambda p, x: jax.nn.leaky_relu(x @ p) @ _B, _A, jnp.zeros(4))
+
+
+def test_wrong_things_passed_as_a_network():
+    with pytest.raises(ValueError, match="trace"):
+        lr_jax.local_bounds(lambda x: x, np.zeros((2, 3)), 0.1)
+    with pytest.raises(ValueError, match="flat list"):
+        lr_jax.layers_from_numpy([(np.ones((3, 2)), np.ones(2))] * 2, torch_layout=False)

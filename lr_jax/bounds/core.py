@@ -254,6 +254,10 @@ def prepare_inputs(net_or_layers, xs, radii, *, batched: bool):
     """
     if isinstance(net_or_layers, Network):
         net = net_or_layers
+        for leaf in jax.tree.leaves(net):
+            if hasattr(leaf, "dtype") and jnp.issubdtype(leaf.dtype, jnp.floating):
+                if _is_concrete(leaf) and not np.all(np.isfinite(np.asarray(leaf))):
+                    raise ValueError("the network's params contain NaN or inf; pass finite weights.")
     else:
         net = validate_layers(net_or_layers)
     in_shape = _input_shape(net)

@@ -43,7 +43,9 @@ join two of them by a segment inside the ball, perturb it to avoid the
 hyperplane piece at a time. For a network in general position (no two
 neurons switching on the same hyperplane piece) such a crossing flips exactly
 one neuron, so breadth-first search over single flips from any one region
-finds every region meeting the ball. A neuron can flip across a facet inside
+finds every region meeting the ball. Neurons that share a hyperplane under
+a pattern (``relu(relu(z))``, duplicated neurons) switch together when it is
+crossed: they are flipped as one group. A neuron can flip across a facet inside
 the ball only if its hyperplane *under the current pattern* meets the ball
 (``|m_j(x0)| < r``); this per-region test is exact and implies ``S = 1`` in
 Algorithm 1 whenever Algorithm 1 is sound, so the search does not take ``S``
@@ -81,6 +83,8 @@ _ZERO_ROW_RTOL = 1e-12
 # Upper cap on the scaled margin t / r: it never binds for kept rows (their
 # margin is at most about 2 r) and only keeps the program bounded.
 _MARGIN_CAP = 4.0
+# Two rows lie on one hyperplane when their unit normals and offsets agree to this (relative).
+_COINCIDENT_RTOL = 1e-9
 # Fallback seeds when the centre lies on a boundary: points at half the radius
 # in fixed pseudo-random directions (a local generator: no global randomness).
 _NUM_FALLBACK_SEEDS = 64
@@ -331,10 +335,56 @@ class _Search:
                 return region
         return None
 
-    def flip_candidates(self, region: _Region) -> np.ndarray:
-        """Neurons whose hyperplane under this pattern enters the ball far enough to cross."""
+    def flip_candidates(self, region: _Region) -> list:
+        """Groups of neurons to flip: those whose hyperplane under this pattern enters the ball.
+
+        Neurons sharing one hyperplane (``relu(relu(z))``, duplicated
+        neurons) switch together when it is crossed, so they form one group;
+        flipping one of them alone describes no point.
+        """
         rows = region.rows
-        return np.flatnonzero(~rows.constant & (rows.centre_margin < self.radius - self.oracle.tol))
+        idx = np.flatnonzero(~rows.constant & (rows.centre_margin < self.radius - self.oracle.tol))
+        if idx.size < 2:
+            return [idx[i:i + 1] for i in range(idx.size)]
+        normals, margins = rows.normals[idx], rows.centre_margin[idx]
+        cos = normals @ normals.T
+        same = (np.abs(cos) > 1.0 - _COINCIDENT_RTOL) & (
+            np.abs(margins[:, None] - np.sign(cos) * margins[None, :])
+            <= _COINCIDENT_RTOL * (1.0 + np.abs(margins[:, None]))
+        )
+        groups, seen = [], np.zeros(idx.size, bool)
+        for i in range(idx.size):
+            if not seen[i]:
+                members = np.flatnonzero(same[i] & ~seen)
+                seen[members] = True
+                groups.append(idx[members])
+        return groups
+
+    def align_coincident(self, pattern, group, start: int, parent: _Region) -> np.ndarray:
+        """Puts later neurons that, after the flip, lie on the flipped hyperplane on its new side.
+
+        A neuron downstream can be constant under the old pattern and share
+        the flipped neuron's hyperplane under the new one (``relu(relu(z))``:
+        the outer ReLU reads ``z`` only once the inner one is on); crossing the
+        hyperplane switches it too. Repeated once per layer, as each switch can
+        expose the next.
+        """
+        pattern = pattern.copy()
+        j = int(group[0])
+        for _ in range(len(self.offsets) - 1):
+            maps = _maps_under_pattern(self.weights, self.x0, _masks(pattern, self.offsets), start, parent.maps)
+            rows = _rows(maps, pattern)
+            later = np.flatnonzero(~rows.constant & (self.layer_of > self.layer_of[j]))
+            cos = rows.normals[later] @ rows.normals[j]
+            on_plane = (np.abs(cos) > 1.0 - _COINCIDENT_RTOL) & (
+                np.abs(rows.centre_margin[later] - np.sign(cos) * rows.centre_margin[j])
+                <= _COINCIDENT_RTOL * (1.0 + abs(rows.centre_margin[j]))
+            )
+            wrong_side = later[on_plane & (cos < 0)]
+            if wrong_side.size == 0:
+                break
+            pattern[wrong_side] = ~pattern[wrong_side]
+        return pattern
 
     def run(self, max_regions: int) -> RegionCount:
         n = int(self.offsets[-1])
@@ -348,15 +398,23 @@ class _Search:
         queue = deque([first])
         while queue:
             region = queue.popleft()
-            for j in self.flip_candidates(region):
+            for group in self.flip_candidates(region):
                 pattern = region.pattern.copy()
-                pattern[j] = ~pattern[j]
+                pattern[group] = ~pattern[group]
                 key = pattern.tobytes()
                 if key in visited:
                     continue
                 visited.add(key)
-                # Layers up to j's own keep their maps; only later ones change.
-                neighbour = self.evaluate(pattern, int(self.layer_of[j]) + 1, region)
+                # Layers up to the group's first keep their maps; only later ones change.
+                start = int(self.layer_of[group].min()) + 1
+                neighbour = self.evaluate(pattern, start, region)
+                if neighbour is None:
+                    pattern = self.align_coincident(pattern, group, start, region)
+                    key = pattern.tobytes()
+                    if key in visited:
+                        continue
+                    visited.add(key)
+                    neighbour = self.evaluate(pattern, start, region)
                 if neighbour is None:
                     continue
                 if len(found) == max_regions:

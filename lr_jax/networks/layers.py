@@ -34,6 +34,12 @@ def validate_layers(layers: Sequence[Layer]) -> Layers:
         bias does not match its kernel, consecutive layers disagree in width,
         there is no hidden layer, or a concrete weight holds NaN/inf.
     """
+    if callable(layers) or not hasattr(layers, "__iter__"):
+        raise ValueError(
+            f"network must be `layers` ((W, b) pairs) or an lr_jax.Network, got {type(layers).__name__}; "
+            "trace a function or module first: lr_jax.trace_network(apply_fn, params, example_x) or "
+            "lr_jax.network_from_linen(module, variables, example_x)."
+        )
     if isinstance(layers, Mapping):
         raise ValueError(
             "layers must be a sequence of (W, b) pairs, got a mapping; "
@@ -131,6 +137,11 @@ def layers_from_numpy(weights: Sequence[Any], *, torch_layout: bool | None = Non
             "layers_from_numpy needs torch_layout=True (PyTorch Linear.weight, [fan_out, fan_in]) or "
             "torch_layout=False (Keras/Flax kernels, [fan_in, fan_out]); the layout cannot be inferred "
             "from the shapes (a square kernel fits both)."
+        )
+    if any(isinstance(w, (tuple, list)) for w in weights):
+        raise ValueError(
+            "layers_from_numpy takes the flat list [W0, b0, W1, b1, ...]; a list of (W, b) pairs is "
+            "already `layers`: pass it to the bounds directly."
         )
     if len(weights) % 2:
         raise ValueError(

@@ -109,6 +109,14 @@ _NONLINEAR_HINT = {
 for _cmp in ("gt", "lt", "ge", "le", "eq", "ne"):
     _NONLINEAR_HINT[_cmp] = "a comparison of input-dependent values (control flow or a mask that depends on the input)"
 _STATS_PRIMS = {"integer_pow", "square", "rsqrt", "sqrt"}
+_STATS_HINT = (
+    " (a power or root of an input-dependent value: GELU's tanh approximation, or a normalisation "
+    "layer computing batch statistics; apply BatchNorm in eval mode: use_running_average=True in "
+    "linen, model.eval() in NNX, inference mode in Equinox)"
+)
+# Random values reaching the input's path: dropout (or noise) left active.
+_RANDOM = {"random_bits", "threefry2x32", "rng_bit_generator", "rng_uniform", "random_wrap", "random_seed",
+           "random_fold_in", "random_split"}
 
 
 class _Lit(NamedTuple):
@@ -135,26 +143,32 @@ class _Cone(NamedTuple):
     abs_exact: tuple  # per source: |M|^T u by the abs interpreter is exact
 
 
-def _where(eqn) -> str:
-    """``file:line (function)`` of the first frame outside jax/flax/equinox, plus the module path."""
+def _where(eqn, outer: str = "") -> str:
+    """``file:line (function)`` of the first frame outside jax/flax/equinox, plus the module path.
+
+    Equations inside a library's jitted helper (``jax.nn.leaky_relu``) have no
+    user frame of their own: they get ``outer``, the location of the call.
+    """
     text = ""
     if _siu is not None:
         try:
             frames = list(_siu.user_frames(eqn.source_info.traceback))
             lib = (os.sep + "site-packages" + os.sep, os.sep + "dist-packages" + os.sep)
             user = [f for f in frames if not any(s in f.file_name for s in lib)]
-            f = (user or frames or [None])[0]
+            f = user[0] if user else None
             if f is not None:
                 text = f"{f.file_name}:{f.start_line} ({f.function_name})"
         except Exception:  # noqa: BLE001 - best effort: the message is still useful without it
             text = ""
+        if not text and outer:
+            return outer
         stack = str(getattr(eqn.source_info, "name_stack", "") or "")
         if stack:
             text = f"{text} [{stack}]" if text else f"[{stack}]"
-    return text or "an unknown location"
+    return text or outer or "an unknown location"
 
 
-def _flatten(closed, in_ids, counter, eqns, consts, shapes):
+def _flatten(closed, in_ids, counter, eqns, consts, shapes, outer: str = ""):
     """Inlines nested calls; appends ``_Eqn`` records to ``eqns``; returns the out refs."""
     jaxpr = closed.jaxpr if isinstance(closed, jcore.ClosedJaxpr) else closed
     env = {}
@@ -176,7 +190,7 @@ def _flatten(closed, in_ids, counter, eqns, consts, shapes):
         ins = tuple(read(v) for v in eqn.invars)
         if name in _CALLS and _CALLS[name] in eqn.params:
             sub = eqn.params[_CALLS[name]]
-            outs = _flatten(sub, ins, counter, eqns, consts, shapes)
+            outs = _flatten(sub, ins, counter, eqns, consts, shapes, _where(eqn, outer))
             for v, ref in zip(eqn.outvars, outs):
                 env[v] = ref
             continue
@@ -187,7 +201,7 @@ def _flatten(closed, in_ids, counter, eqns, consts, shapes):
             shapes[i] = tuple(v.aval.shape)
             if not isinstance(v, jcore.DropVar):
                 env[v] = i
-        eqns.append(_Eqn(eqn.primitive, ins, tuple(out_ids), dict(eqn.params), _where(eqn)))
+        eqns.append(_Eqn(eqn.primitive, ins, tuple(out_ids), dict(eqn.params), _where(eqn, outer)))
     return [read(v) for v in jaxpr.outvars]
 
 
@@ -239,6 +253,7 @@ class _Graph:
     def _analyse(self):
         dep = {self.x_id}
         zeros = set()
+        random = set()
         producer = {}
         relus = []  # (z_id, h_id, eqn index)
         shapes = {self.x_id: self.x_shape}
@@ -248,6 +263,8 @@ class _Graph:
             dep_in = [i for i, r in enumerate(eqn.ins) if not isinstance(r, _Lit) and r in dep]
             name = eqn.prim.name
             if not dep_in:
+                if name in _RANDOM or any(not isinstance(r, _Lit) and r in random for r in eqn.ins):
+                    random.update(eqn.outs)
                 # Constants of x: zeros are remembered to recognise max(z, zeros).
                 first = eqn.ins[0] if eqn.ins else None
                 if name in ("broadcast_in_dim", "convert_element_type", "reshape") and (
@@ -255,6 +272,12 @@ class _Graph:
                 ):
                     zeros.update(eqn.outs)
                 continue
+            if any(not isinstance(r, _Lit) and r in random for r in eqn.ins):
+                raise _error(
+                    eqn, "a random value enters the path from the input (dropout or noise left active?); "
+                    "apply the model in eval mode: deterministic=True in linen, model.eval() in NNX, "
+                    "inference=True in Equinox"
+                )
             self._check(eqn, dep_in, zeros)
             dep.update(eqn.outs)
             if name == "max":
@@ -298,10 +321,7 @@ class _Graph:
             return
         if name in _BILINEAR:
             if len(dep_in) == 2:
-                hint = ""
-                if name == "mul" and "norm" in eqn.where.lower():
-                    hint = " (batch statistics of a normalisation layer in training mode? apply it in eval mode, e.g. BatchNorm(use_running_average=True))"
-                raise _error(eqn, "a product of two input-dependent values" + hint)
+                raise _error(eqn, "a product of two input-dependent values" + _STATS_HINT)
             return
         if name in _SUMS:
             return
@@ -320,10 +340,7 @@ class _Graph:
         if name in _NONLINEAR_HINT:
             raise _error(eqn, _NONLINEAR_HINT[name])
         if name in _STATS_PRIMS:
-            hint = ""
-            if "norm" in eqn.where.lower():
-                hint = " (batch statistics of a normalisation layer in training mode? apply it in eval mode, e.g. BatchNorm(use_running_average=True))"
-            raise _error(eqn, "not affine in the input" + hint)
+            raise _error(eqn, "not affine in the input" + _STATS_HINT)
         raise _error(eqn, "not supported on the path from the input to the output")
 
     def _cone(self, target) -> _Cone:
