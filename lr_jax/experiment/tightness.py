@@ -13,9 +13,7 @@ from typing import Sequence
 import jax
 import numpy as np
 
-from lr_jax.bounds.exact_count import count_regions
-from lr_jax.bounds.local_bound import local_bounds
-from lr_jax.bounds.sampled_regions import sample_regions
+from lr_jax import count_regions, local_bounds, sample_regions
 
 
 def sandwich_rows(
