@@ -10,6 +10,9 @@ line naming it and what to do.
 
 from __future__ import annotations
 
+import logging
+import sys
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +50,45 @@ def save(mngr: ocp.CheckpointManager, epoch: int, state: Any) -> None:
     mngr.wait_until_finished()
 
 
+def _is_aftermath(message: str) -> bool:
+    return "Event loop is closed" in message or "exception was never retrieved" in message
+
+
+class _DropAftermath(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not _is_aftermath(record.getMessage())
+
+
+def _drop_failed_read_aftermath() -> None:
+    """After a failed restore, TensorStore's pending reads finish on Orbax's closed event loop and
+    print tracebacks ("Event loop is closed", "Future exception was never retrieved") long after
+    the error was reported; drop exactly those, keep everything else (idempotent)."""
+    if getattr(sys.unraisablehook, "_lr_jax", False):
+        return
+    previous = sys.unraisablehook
+
+    def hook(unraisable):
+        if not (isinstance(unraisable.exc_value, RuntimeError) and _is_aftermath(str(unraisable.exc_value))):
+            previous(unraisable)
+
+    hook._lr_jax = True
+    sys.unraisablehook = hook
+    logging.getLogger("asyncio").addFilter(_DropAftermath())
+
+
+@contextmanager
+def _quiet_restore():
+    """Silences Orbax's own ERROR lines while restoring: a damaged checkpoint is reported once, by read_file."""
+    _drop_failed_read_aftermath()
+    absl = logging.getLogger("absl")
+    level = absl.level
+    absl.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        absl.setLevel(level)
+
+
 def _fix(run_dir: Path, epoch: int, for_training: bool) -> str:
     earlier = [e for e in saved_epochs(run_dir) if e < epoch]
     path = checkpoint_dir(run_dir) / str(epoch)
@@ -69,7 +111,7 @@ def restore_state(run_dir: str | Path, epoch: int, state: Any) -> Any:
     path = checkpoint_dir(run_dir) / str(epoch)
 
     def parse(_):
-        with ocp.CheckpointManager(checkpoint_dir(run_dir)) as mngr:
+        with _quiet_restore(), ocp.CheckpointManager(checkpoint_dir(run_dir)) as mngr:
             return mngr.restore(epoch, args=ocp.args.StandardRestore(target))
 
     restored = read_file(path, parse, what="checkpoint", fix=_fix(Path(run_dir), epoch, for_training=True))
@@ -87,7 +129,7 @@ def restore_params(run_dir: str | Path, epoch: int) -> Any:
     def parse(_):
         if not path.is_dir():
             raise FileNotFoundError(path)
-        with ocp.CheckpointManager(checkpoint_dir(run_dir)) as mngr:
+        with _quiet_restore(), ocp.CheckpointManager(checkpoint_dir(run_dir)) as mngr:
             return mngr.restore(epoch, args=ocp.args.StandardRestore())["params"]
 
     return read_file(path, parse, what="checkpoint", fix=_fix(Path(run_dir), epoch, for_training=False))

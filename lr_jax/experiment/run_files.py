@@ -44,6 +44,7 @@ def _reason(error: BaseException) -> str:
     """The first line of an exception's message, short enough for a one-line report."""
     text = str(error).strip().splitlines()
     first = text[0] if text else type(error).__name__
+    first = first.split(" See full TensorStore details")[0]  # the rest is a repr of a bound method
     return (first[:200] + "...") if len(first) > 200 else first
 
 
