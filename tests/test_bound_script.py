@@ -9,25 +9,21 @@ import sys
 
 import numpy as np
 import pytest
-from omegaconf import OmegaConf
-
+from lr_jax.experiment.saved_runs import CSV_COLUMNS
 from lr_jax.experiment.train import train_and_evaluate
 from tests.conftest import ROOT, TINY, compose_train
 
 SCRIPT = ROOT / "scripts" / "bound.py"
-COLUMNS = ["point_index", "category", "label", "radius", "num_unstable", "log2_bound", "single_region_radius"]
+COLUMNS = list(CSV_COLUMNS)
 SIZES = {"train": 20, "test": 20, "random1": 12, "random2": 12}  # TINY: per_class=10, n_random=12
 RADII = [0.1, 0.2, 0.4, 0.8]
 
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    """A finished TINY run (epochs 0, 2, 4) with the config scripts/train.py would save."""
+    """A finished TINY run (epochs 0, 2, 4), with its recorded config.yaml."""
     workdir = tmp_path_factory.mktemp("run")
-    cfg = compose_train(TINY)
-    train_and_evaluate(cfg, workdir)
-    (workdir / ".hydra").mkdir()
-    OmegaConf.save(cfg, workdir / ".hydra" / "config.yaml")
+    train_and_evaluate(compose_train(TINY), workdir)
     return workdir
 
 
@@ -46,14 +42,8 @@ def _column(rows, category, radius, field, dtype=float):
 
 
 def test_all_categories_reproduce_the_runs_bounds(tiny_run):
-    # Same single-region search as the run (r_max = 2 * 0.8 = bound.r_max = 1.6).
-    proc = _bound(
-        f"checkpoint={tiny_run / 'checkpoints'}",
-        f"radii=[{','.join(map(str, RADII))}]",
-        "category=all",
-        "num_grid=4",
-        "num_bisect=3",
-    )
+    # By default the single-region search is the run's own (bound.r_max, num_grid, num_bisect).
+    proc = _bound(f"checkpoint={tiny_run / 'checkpoints'}", f"radii=[{','.join(map(str, RADII))}]", "category=all")
     assert proc.returncode == 0, proc.stderr
     out = tiny_run / "bounds_4.csv"  # default: the run folder, latest epoch
     header, rows = _read(out)
@@ -83,9 +73,7 @@ def test_all_categories_reproduce_the_runs_bounds(tiny_run):
 
 def test_one_category_earlier_epoch_and_out_path(tiny_run, tmp_path):
     out = tmp_path / "sub" / "table.csv"
-    proc = _bound(
-        f"checkpoint={tiny_run}", "radii=[0.4]", "category=test", "epoch=2", f"out={out}", "chunk_points=7"
-    )  # 20 points: two full chunks and a padded one
+    proc = _bound(f"checkpoint={tiny_run}", "radii=[0.4]", "category=test", "epoch=2", f"out={out}", "chunk_size=7")
     assert proc.returncode == 0, proc.stderr
     _, rows = _read(out)
     assert {r["category"] for r in rows} == {"test"} and len(rows) == SIZES["test"]
@@ -101,6 +89,7 @@ def test_one_category_earlier_epoch_and_out_path(tiny_run, tmp_path):
         (["checkpoint={run}", "category=validation"], "category=validation: unknown"),
         (["checkpoint={run}", "radii=[0.1,-0.2]"], "-0.2 is negative"),
         (["checkpoint={run}", "epoch=3"], r"saved epochs are \[0, 2, 4\]"),
+        (["checkpoint={run}", "r_max=inf"], "r_max=inf"),
         (["radii=[0.4]"], "checkpoint=PATH is required"),
     ],
 )
@@ -115,9 +104,9 @@ def test_bad_input_fails_with_one_line(tiny_run, tmp_path, args, message):
     assert not out.exists()
 
 
-def test_data_alias_and_tight_column(tiny_run, tmp_path):
+def test_tight_column(tiny_run, tmp_path):
     out = tmp_path / "tight.csv"
-    proc = _bound(f"checkpoint={tiny_run}", "radii=[0.4]", "data=train", "methods=[paper,tight]", f"out={out}")
+    proc = _bound(f"checkpoint={tiny_run}", "radii=[0.4]", "category=train", "methods=[paper,tight]", f"out={out}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     header, rows = _read(out)
     assert header == COLUMNS + ["tight_log2_bound"]

@@ -10,7 +10,9 @@ import pytest
 
 from lr_jax import layers_from_flax, local_bounds
 from lr_jax.experiment.config import ConfigError
-from lr_jax.experiment.train import load_categories, read_metrics, restore_params, run_keys, train_and_evaluate
+from lr_jax.experiment.experiment import CATEGORIES, load_categories, load_run, run_keys
+from lr_jax.experiment.run_files import read_metrics
+from lr_jax.experiment.train import train_and_evaluate
 from tests.conftest import TINY, compose_train
 
 REQUIRED_FIELDS = {
@@ -27,8 +29,8 @@ REQUIRED_FIELDS = {
     "train_accuracy",
     "test_loss",
     "test_accuracy",
+    "diverged",
 }
-CATEGORIES = {"train", "test", "random1", "random2"}
 
 
 @pytest.fixture(scope="module")
@@ -66,15 +68,17 @@ def test_run_leaves_the_contract_files(tiny_run):
     data = json.loads((workdir / "data.json").read_text())
     assert data["source"] == "embedded" and "disjoint halves" in data["note"]
     assert len(data["train_index"]) == 20 and len(data["test_index"]) == 20
+    assert len(data["fingerprint"]) == 64
+    assert not (workdir / "run.lock").exists()
+    assert all(r["diverged"] is False for r in rows)
 
 
 def test_checkpoint_reproduces_the_logged_bounds(tiny_run):
     workdir, _ = tiny_run
-    params, epoch = restore_params(workdir)
-    assert epoch == 4
-    cfg = compose_train(TINY)
-    cats, _ = load_categories(cfg, run_keys(cfg.seed).data)
-    c = local_bounds(layers_from_flax(params), cats.train_x, [0.4]).log2_bound[:, 0]
+    run = load_run(workdir)
+    assert run.epoch == 4 and run.config.width == 8
+    cats, _ = load_categories(run.config.data, run_keys(run.config.seed).data)
+    c = local_bounds(layers_from_flax(run.params), cats.train_x, [0.4]).log2_bound[:, 0]
     with np.load(workdir / "bounds.npz") as z:
         np.testing.assert_array_equal(np.asarray(c), z["train"][-1])
 
@@ -89,8 +93,9 @@ def test_resume_continues_to_identical_results(tiny_run, tmp_path):
     workdir, _ = tiny_run
     short = [o for o in TINY if not o.startswith("epochs")] + ["epochs=2"]
     train_and_evaluate(compose_train(short), tmp_path)
-    # Pretend the run was interrupted after epoch 2 of 4.
+    # Pretend the run was interrupted after epoch 2 of 4: its recorded config says epochs=4.
     (tmp_path / "status.json").write_text(json.dumps({"status": "running", "epoch": 2}))
+    (tmp_path / "config.yaml").write_text((workdir / "config.yaml").read_text())
     train_and_evaluate(compose_train(TINY + ["resume=true"]), tmp_path)
     assert (tmp_path / "metrics.jsonl").read_text() == (workdir / "metrics.jsonl").read_text()
     assert json.loads((tmp_path / "status.json").read_text())["status"] == "complete"
@@ -98,8 +103,10 @@ def test_resume_continues_to_identical_results(tiny_run, tmp_path):
 
 def test_existing_run_is_not_overwritten_and_resume_needs_a_run(tiny_run, tmp_path):
     workdir, _ = tiny_run
-    with pytest.raises(ConfigError, match="resume=true"):
+    with pytest.raises(ConfigError, match="already holds a complete run"):
         train_and_evaluate(compose_train(TINY), workdir)
+    with pytest.raises(ConfigError, match="already complete"):
+        train_and_evaluate(compose_train(TINY + ["resume=true"]), workdir)
     with pytest.raises(ConfigError, match="no run to resume"):
         train_and_evaluate(compose_train(TINY + ["resume=true"]), tmp_path / "empty")
 

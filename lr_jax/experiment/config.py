@@ -36,6 +36,7 @@ LOGGERS = ("none", "tensorboard")
 ALIASES = (("lr", "optim.lr"), ("depth", "model.depth"), ("width", "model.width"))
 # Settings that change only where output goes or what is logged: a resume may change them.
 OUTPUT_ONLY_KEYS = ("resume", "plot", "logger")
+PAPER_PER_CLASS = 500  # section 5.1: 500 digits of each class in train and in test
 # Path settings stored resolved to absolute paths.
 PATH_KEYS = ("data.data_dir", "data.dir", "data.test_dir")
 
@@ -59,7 +60,10 @@ class DataConfig:
     dir: Optional[str] = None  # idx: folder with the four MNIST IDX files
     test_dir: Optional[str] = None  # embedded: folder with the IDX test split, used for `test`
     digits: List[int] = field(default_factory=lambda: [0, 4])
-    per_class: int = 500  # digits per class in each of train and test
+    # Digits per class in each of train and test; None: the paper's 500, or all a source holds
+    # if fewer (the embedded subset: 250, or 500 with test_dir). An explicit value above what
+    # the source holds is refused.
+    per_class: Optional[int] = None
     n_random: int = 1000  # points in each of random1 and random2
     scale: float = 64.0  # input value of a white pixel
     pooling: str = "adaptive"  # adaptive (every pixel counts) or crop (24x24 centre, 4x4 blocks)
@@ -274,13 +278,21 @@ def _validate_data(d: Any) -> None:
     if d.n_random < 1:
         _fail("data.n_random", d.n_random, "must be >= 1.")
     available = per_class_available(d.source, digits, test_split=d.test_dir is not None)
-    if d.per_class < 1 or d.per_class > available:
+    if d.per_class is not None and not 1 <= d.per_class <= available:
         _fail(
             "data.per_class",
             d.per_class,
             f"must be between 1 and {available}, the digits per class that data.source={d.source}"
             f"{' with data.test_dir' if d.test_dir else ''} holds in each of train and test.",
         )
+
+
+def per_class(data_cfg: Any) -> int:
+    """The digits per class a run takes: ``data.per_class``, or the paper's 500 capped by the source."""
+    if data_cfg.per_class is not None:
+        return int(data_cfg.per_class)
+    available = per_class_available(data_cfg.source, list(data_cfg.digits), test_split=data_cfg.test_dir is not None)
+    return min(PAPER_PER_CLASS, available)
 
 
 def resolve_paths(cfg: DictConfig) -> None:
@@ -321,6 +333,7 @@ __all__ = [
     "OptimConfig",
     "TrainConfig",
     "computation_diff",
+    "per_class",
     "register_configs",
     "resolve_paths",
     "validate",

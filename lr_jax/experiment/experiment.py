@@ -19,6 +19,7 @@ import jax
 import numpy as np
 
 from lr_jax.experiment import checkpoints
+from lr_jax.experiment.config import per_class
 from lr_jax.experiment.datasets import Categories, make_categories
 from lr_jax.experiment.mnist_io import MnistSplits, load_mnist
 from lr_jax.experiment.run_files import RunFileError, read_yaml
@@ -50,14 +51,15 @@ def load_categories(data_cfg: Any, key: jax.Array) -> tuple[Categories, MnistSpl
         (a custom IDX set smaller than MNIST), among the data source's errors.
     """
     d = data_cfg
+    n = per_class(d)
     splits = load_mnist(d.source, data_dir=d.data_dir, download=d.download, idx_dir=d.dir, test_dir=d.test_dir)
     cats = make_categories(
-        splits, key=key, digits=tuple(d.digits), per_class=d.per_class, n_random=d.n_random, scale=d.scale, pooling=d.pooling
+        splits, key=key, digits=tuple(d.digits), per_class=n, n_random=d.n_random, scale=d.scale, pooling=d.pooling
     )
-    short = {split: n for split, n in cats.per_class_used.items() if min(n) < d.per_class}
+    short = {split: used for split, used in cats.per_class_used.items() if min(used) < n}
     if short:
         raise ValueError(
-            f"invalid config data.per_class={d.per_class}: the {splits.source} data holds only {short} digits "
+            f"invalid config data.per_class={n}: the {splits.source} data holds only {short} digits "
             f"per class of {list(d.digits)}; lower data.per_class."
         )
     return cats, splits
