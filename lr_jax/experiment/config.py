@@ -303,23 +303,24 @@ def resolve_paths(cfg: DictConfig) -> None:
             OmegaConf.update(cfg, key, str(Path(value).expanduser().resolve()))
 
 
+def flat_keys(d: dict, prefix: str = "") -> dict:
+    """``{dotted key: value}`` of a plain nested dict."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(flat_keys(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
 def computation_diff(recorded: dict, current: dict) -> list[str]:
     """Dotted keys whose values differ between two resolved train configs, except output-only ones.
 
     Args:
       recorded, current: plain nested dicts (``OmegaConf.to_container(cfg, resolve=True)``).
     """
-
-    def flat(d, prefix=""):
-        out = {}
-        for k, v in d.items():
-            if isinstance(v, dict):
-                out.update(flat(v, f"{prefix}{k}."))
-            else:
-                out[f"{prefix}{k}"] = v
-        return out
-
-    a, b = flat(recorded), flat(current)
+    a, b = flat_keys(recorded), flat_keys(current)
     return sorted(k for k in a.keys() | b.keys() if k not in OUTPUT_ONLY_KEYS and a.get(k, "<absent>") != b.get(k, "<absent>"))
 
 

@@ -310,6 +310,9 @@ def check_resume(cfg, workdir: Path) -> int | None:
         raise config_lib.ConfigError(f"invalid config resume=true: {workdir} holds no run to resume; start it without resume=true.")
     recorded = read_yaml(recorded_path, what="recorded config")
     current = _resolved(cfg)
+    lost = sorted(set(config_lib.flat_keys(current)) - set(config_lib.flat_keys(recorded)))
+    if lost:
+        raise RunFileError(f"{recorded_path}: recorded config is damaged (keys missing: {', '.join(lost[:5])}); {FIX_RUN}.")
     diff = config_lib.computation_diff(recorded, current)
     if diff:
         changes = ", ".join(f"{k}: {_dotted(recorded, k)!r} -> {_dotted(current, k)!r}" for k in diff)
@@ -392,7 +395,8 @@ def setup_run(cfg, workdir: Path, start: int | None) -> Run:
     if start is None:
         for name in (METRICS, BOUNDS, DATA):  # leftovers of a run killed before its first checkpoint
             (workdir / name).unlink(missing_ok=True)
-        write_yaml(workdir / CONFIG_FILE, _resolved(cfg))
+        if not (workdir / CONFIG_FILE).exists():  # from scratch in place: the recorded config matched
+            write_yaml(workdir / CONFIG_FILE, _resolved(cfg))
         write_json(workdir / STATUS, {"status": "running", "epoch": None})
         if cfg.resume:
             log.info("no checkpoint yet in %s: starting the run from scratch in place", workdir)
