@@ -18,7 +18,10 @@ from typing import Any
 
 import orbax.checkpoint as ocp
 
-from lr_jax.experiment.run_files import read_file
+from lr_jax.experiment.run_files import read_file, read_json
+
+# JSON files of an Orbax checkpoint; Orbax would log a damaged one and go on, or fail deep inside.
+_METADATA_FILES = ("_CHECKPOINT_METADATA", "default/_METADATA")
 
 CHECKPOINTS = "checkpoints"
 
@@ -54,6 +57,16 @@ def _is_aftermath(message: str) -> bool:
     return "Event loop is closed" in message or "exception was never retrieved" in message
 
 
+def _raised_in_checkpoint_io(tb) -> bool:
+    """True for an exception raised inside Orbax or asyncio (a read left pending by a failed restore)."""
+    while tb is not None:
+        name = tb.tb_frame.f_code.co_filename
+        if "/orbax/" in name or "/asyncio/" in name:
+            return True
+        tb = tb.tb_next
+    return False
+
+
 class _DropAftermath(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         return not _is_aftermath(record.getMessage())
@@ -68,7 +81,7 @@ def _drop_failed_read_aftermath() -> None:
     previous = sys.unraisablehook
 
     def hook(unraisable):
-        if not (isinstance(unraisable.exc_value, RuntimeError) and _is_aftermath(str(unraisable.exc_value))):
+        if not (_is_aftermath(str(unraisable.exc_value)) or _raised_in_checkpoint_io(unraisable.exc_traceback)):
             previous(unraisable)
 
     hook._lr_jax = True
@@ -101,6 +114,13 @@ def _fix(run_dir: Path, epoch: int, for_training: bool) -> str:
     return "the run has no other checkpoint; train it again"
 
 
+def _check_metadata(path: Path, fix: str) -> None:
+    """Reads the checkpoint's JSON metadata through the one reader (a damaged file is named)."""
+    for name in _METADATA_FILES:
+        if (path / name).exists():
+            read_json(path / name, what="checkpoint metadata", fix=fix)
+
+
 def restore_state(run_dir: str | Path, epoch: int, state: Any) -> Any:
     """``state`` with step, params and optimizer state of the checkpoint of ``epoch``.
 
@@ -109,6 +129,7 @@ def restore_state(run_dir: str | Path, epoch: int, state: Any) -> Any:
     """
     target = {"step": state.step, "params": state.params, "opt_state": state.opt_state}
     path = checkpoint_dir(run_dir) / str(epoch)
+    _check_metadata(path, _fix(Path(run_dir), epoch, for_training=True))
 
     def parse(_):
         with _quiet_restore(), ocp.CheckpointManager(checkpoint_dir(run_dir)) as mngr:
@@ -125,6 +146,7 @@ def restore_params(run_dir: str | Path, epoch: int) -> Any:
       RunFileError: the checkpoint is missing or damaged (one line).
     """
     path = checkpoint_dir(run_dir) / str(epoch)
+    _check_metadata(path, _fix(Path(run_dir), epoch, for_training=False))
 
     def parse(_):
         if not path.is_dir():
