@@ -150,3 +150,38 @@ def test_real_test_split_replaces_the_embedded_half(tmp_path):
     assert cats.per_class_used == {"train": (500, 500), "test": (500, 500)}
     assert cats.train_x.shape == (1000, 36) and cats.test_x.shape == (1000, 36)
     assert np.bincount(np.asarray(splits.test_labels)[cats.test_index], minlength=10)[[0, 4]].tolist() == [500, 500]
+
+
+def test_diverged_run_is_failed_strict_json_and_not_resumable(tmp_path, monkeypatch):
+    from lr_jax.experiment import train
+    from lr_jax.experiment.train import TrainingDiverged
+
+    make_epoch_fn = train.make_epoch_fn
+
+    def nan_from_epoch_3(*args):
+        epoch_fn = make_epoch_fn(*args)
+
+        def run(state, x, y, key):
+            state, loss = epoch_fn(state, x, y, key)
+            return state, loss * np.nan if int(state.step) >= 3 * (20 // 8) else loss
+
+        return run
+
+    monkeypatch.setattr(train, "make_epoch_fn", nan_from_epoch_3)
+    with pytest.raises(TrainingDiverged, match="diverged at epoch 3"):
+        train_and_evaluate(compose_train(TINY), tmp_path)
+    status = json.loads((tmp_path / "status.json").read_text())
+    assert status["status"] == "failed" and "diverged" in status["reason"]
+    text = (tmp_path / "metrics.jsonl").read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    with pytest.raises(ConfigError, match="diverged"):
+        train_and_evaluate(compose_train(TINY + ["resume=true"]), tmp_path)
+
+
+def test_library_imports_without_the_experiment():
+    import subprocess
+    import sys
+
+    code = "import sys, lr_jax; bad = [m for m in sys.modules if m.startswith('lr_jax.experiment') or m in ('hydra', 'orbax', 'matplotlib')]; print(bad)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "[]", out.stderr
