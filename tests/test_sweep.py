@@ -13,7 +13,7 @@ import yaml
 from lr_jax.experiment.sweep import collect_runs, summarise
 from tests.conftest import ROOT, TINY
 
-CATS = ("train", "test", "random1", "random2")
+from lr_jax.experiment.experiment import CATEGORIES as CATS
 
 
 def _write_job(root, lr, depth, seed, status="complete", value=0.0):
@@ -140,3 +140,16 @@ def test_dip_then_rise_on_known_trajectories():
     assert not dip_then_rise(epochs, falling)["holds_on_mean"]
     hump = rise_then_dip(epochs, -v_shape)
     assert hump["holds_on_mean"] and hump["max"] == -1.5 and hump["argmax_epoch"] == 2
+
+
+def test_damaged_job_file_is_named(synthetic_multirun):
+    from lr_jax.experiment.run_files import RunFileError
+
+    metrics = synthetic_multirun / "lr0.02_depth2_seed1" / "metrics.jsonl"
+    metrics.write_text(metrics.read_text()[:50])
+    with pytest.raises(RunFileError, match=rf"^{metrics}: metrics is damaged"):
+        collect_runs(synthetic_multirun)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "plot.py"), str(synthetic_multirun)], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [proc.stderr.strip()] and str(metrics) in proc.stderr
