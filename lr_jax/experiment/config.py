@@ -26,7 +26,7 @@ from typing import Any, List, Optional
 
 from omegaconf import II, DictConfig, OmegaConf
 
-from lr_jax.experiment.datasets import POOLING_METHODS
+from lr_jax.experiment.datasets import CategoryArgumentError, check_category_args
 from lr_jax.experiment.mnist_io import SOURCES, per_class_available
 
 OPTIMIZERS = ("sgd", "adam")
@@ -268,17 +268,13 @@ def _validate_data(d: Any) -> None:
             _fail("data.test_dir", d.test_dir, "only data.source=embedded takes a separate test split.")
         if not Path(d.test_dir).expanduser().is_dir():
             _fail("data.test_dir", d.test_dir, "no such directory; point it at the folder holding t10k-*-ubyte[.gz].")
-    if d.pooling not in POOLING_METHODS:
-        _fail("data.pooling", d.pooling, f"choose one of {', '.join(POOLING_METHODS)}.")
-    if not d.scale > 0:
-        _fail("data.scale", d.scale, "the input value of a white pixel must be > 0.")
     digits = list(d.digits)
-    if len(digits) != 2 or len(set(digits)) != 2 or not all(isinstance(x, int) and 0 <= x <= 9 for x in digits):
-        _fail("data.digits", digits, "two distinct digits in 0-9, e.g. [0,4].")
-    if d.n_random < 1:
-        _fail("data.n_random", d.n_random, "must be >= 1.")
+    try:  # the same check make_categories runs, here before any data is loaded
+        check_category_args(digits, 1 if d.per_class is None else d.per_class, d.n_random, d.scale, d.pooling)
+    except CategoryArgumentError as e:
+        _fail(f"data.{e.argument}", e.value, str(e))
     available = per_class_available(d.source, digits, test_split=d.test_dir is not None)
-    if d.per_class is not None and not 1 <= d.per_class <= available:
+    if d.per_class is not None and d.per_class > available:
         _fail(
             "data.per_class",
             d.per_class,
