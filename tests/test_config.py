@@ -89,7 +89,9 @@ def test_missing_idx_dir_raises(tmp_path):
         validate(cfg)
 
 
-@pytest.mark.parametrize("override", ["depth=0", "bound.radius=inf", "model.depth=2"])
+@pytest.mark.parametrize(
+    "override", ["model.depth=2", pytest.param("depth=0", marks=pytest.mark.slow), pytest.param("bound.radius=inf", marks=pytest.mark.slow)]
+)
 def test_script_fails_fast_with_one_clear_line(override, tmp_path):
     proc = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "train.py"), override, f"hydra.run.dir={tmp_path}/run"],
@@ -103,6 +105,7 @@ def test_script_fails_fast_with_one_clear_line(override, tmp_path):
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
 
 
+@pytest.mark.slow
 def test_script_rejects_unknown_key(tmp_path):
     proc = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "train.py"), "bogus=1", f"hydra.run.dir={tmp_path}/run"],

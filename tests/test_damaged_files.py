@@ -37,10 +37,10 @@ def _damage(path, mode):
 
 
 @pytest.fixture(scope="module")
-def resumable(tmp_path_factory):
+def resumable(tmp_path_factory, tiny_run):
     """A TINY run whose status says it was interrupted at its last epoch: resume only checks and completes."""
-    workdir = tmp_path_factory.mktemp("run")
-    train_and_evaluate(compose_train(TINY), workdir)
+    workdir = tmp_path_factory.mktemp("resumable") / "run"
+    shutil.copytree(tiny_run, workdir)
     (workdir / "status.json").write_text(json.dumps({"status": "interrupted", "epoch": 4}))
     return workdir
 

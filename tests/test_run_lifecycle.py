@@ -81,11 +81,9 @@ def _train_script(run_dir, *overrides, fault=("none", 0, "SIGKILL")):
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory):
+def reference(tiny_run):
     """An uninterrupted TINY run."""
-    workdir = tmp_path_factory.mktemp("reference")
-    train_and_evaluate(compose_train(TINY), workdir)
-    return workdir
+    return tiny_run
 
 
 def _assert_identical(run_dir, reference):
@@ -107,6 +105,7 @@ def _kill_then_resume(tmp_path, reference, fault):
     _assert_identical(run_dir, reference)
 
 
+@pytest.mark.slow
 def test_kill_before_first_checkpoint_resumes_from_scratch_in_place(tmp_path, reference):
     # metrics.jsonl already holds epoch 0's rows; no checkpoint exists yet.
     _kill_then_resume(tmp_path, reference, ("before_checkpoint", 0, "SIGKILL"))

@@ -22,7 +22,7 @@ import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any, List, NamedTuple, Optional
 
 from omegaconf import II, DictConfig, OmegaConf
 
@@ -291,6 +291,84 @@ def per_class(data_cfg: Any) -> int:
     return min(PAPER_PER_CLASS, available)
 
 
+class BoundJob(NamedTuple):
+    """The validated settings of one ``scripts/bound.py`` invocation (None: the run's own setting)."""
+
+    run_dir: Path
+    epoch: Optional[int]
+    radii: tuple
+    categories: tuple
+    out: Optional[Path]
+    r_max: Optional[float]
+    num_grid: Optional[int]
+    num_bisect: Optional[int]
+    chunk_size: Optional[int]
+    tight: bool
+
+
+def _bound_run_dir(checkpoint: str) -> Path:
+    path = Path(checkpoint).expanduser().absolute()
+    if not path.is_dir():
+        raise ConfigError(f"checkpoint={checkpoint}: no such folder (pass a run folder of scripts/train.py).")
+    run_dir = path.parent if path.name == "checkpoints" else path
+    if not (run_dir / "checkpoints").is_dir():
+        raise ConfigError(f"checkpoint={checkpoint}: {run_dir} has no checkpoints/ folder; is it a training run?")
+    return run_dir
+
+
+def _bound_radii(value) -> tuple:
+    items = list(value)
+    if not items:
+        raise ConfigError("radii=[]: give at least one radius, e.g. radii=[0.1,0.2,0.4,0.8].")
+    for r in items:
+        if not math.isfinite(r):
+            raise ConfigError(f"radii: {r!r} is not a finite number.")
+        if r < 0:
+            raise ConfigError(f"radii: {r} is negative; radii must be >= 0.")
+    return tuple(float(r) for r in items)
+
+
+def _at_least(name: str, value, minimum: int):
+    if value is not None and value < minimum:
+        raise ConfigError(f"{name}={value}: must be an integer >= {minimum} or null.")
+    return value
+
+
+def parse_bound_job(cfg: Any) -> BoundJob:
+    """Checks every setting of ``scripts/bound.py`` before any work.
+
+    Raises:
+      ConfigError: one line naming the setting and the fix.
+    """
+    from omegaconf.errors import MissingMandatoryValue
+
+    from lr_jax.experiment.experiment import CATEGORIES
+
+    try:
+        checkpoint = cfg.checkpoint
+    except MissingMandatoryValue:
+        raise ConfigError("checkpoint=PATH is required (a run folder of scripts/train.py).") from None
+    if cfg.r_max is not None and not (0 < cfg.r_max < math.inf):
+        raise ConfigError(f"r_max={cfg.r_max}: must be a finite number > 0 (or null: the run's bound.r_max).")
+    if cfg.category != "all" and cfg.category not in CATEGORIES:
+        raise ConfigError(f"category={cfg.category}: unknown; choose one of {'|'.join(CATEGORIES)}|all.")
+    methods = list(cfg.methods)
+    if [m for m in methods if m not in ("paper", "tight")] or "paper" not in methods:
+        raise ConfigError(f"methods={methods}: a list from paper|tight that includes paper, e.g. methods=[paper,tight].")
+    return BoundJob(
+        run_dir=_bound_run_dir(str(checkpoint)),
+        epoch=_at_least("epoch", cfg.epoch, 0),
+        radii=_bound_radii(cfg.radii),
+        categories=CATEGORIES if cfg.category == "all" else (cfg.category,),
+        out=None if cfg.out is None else Path(cfg.out).expanduser().absolute(),
+        r_max=cfg.r_max,
+        num_grid=_at_least("num_grid", cfg.num_grid, 1),
+        num_bisect=_at_least("num_bisect", cfg.num_bisect, 0),
+        chunk_size=_at_least("chunk_size", cfg.chunk_size, 1),
+        tight="tight" in methods,
+    )
+
+
 def resolve_paths(cfg: DictConfig) -> None:
     """Replaces every path setting (:data:`PATH_KEYS`) by its absolute path, in place."""
     for key in PATH_KEYS:
@@ -323,6 +401,7 @@ def computation_diff(recorded: dict, current: dict) -> list[str]:
 __all__ = [
     "ALIASES",
     "BoundConfig",
+    "BoundJob",
     "BoundScriptConfig",
     "ConfigError",
     "DataConfig",
@@ -330,6 +409,7 @@ __all__ = [
     "OptimConfig",
     "TrainConfig",
     "computation_diff",
+    "parse_bound_job",
     "per_class",
     "register_configs",
     "resolve_paths",

@@ -11,6 +11,7 @@ per-point table. Used by ``scripts/bound.py``.
 from __future__ import annotations
 
 import csv
+import logging
 from pathlib import Path
 from typing import NamedTuple, Sequence
 
@@ -19,7 +20,11 @@ import numpy as np
 
 import lr_jax
 from lr_jax.experiment.bound_summary import summarise_category
+from lr_jax.experiment.experiment import load_run, run_points
 from lr_jax.experiment.run_files import atomic_write
+from lr_jax.networks.layers import hidden_widths
+
+log = logging.getLogger(__name__)
 
 CSV_COLUMNS = ("point_index", "category", "label", "radius", "num_unstable", "log2_bound", "single_region_radius")
 TIGHT_COLUMN = "tight_log2_bound"
@@ -91,6 +96,40 @@ def evaluate_points(
         np.asarray(srr.radius, np.float32),
         t_out,
     )
+
+
+class RunBounds(NamedTuple):
+    """What :func:`evaluate_run` computed: the table, the checkpoint's epoch, where the CSV goes."""
+
+    table: PointTable
+    epoch: int
+    out: Path
+
+
+def evaluate_run(job, progress=None) -> RunBounds:
+    """Bounds around a saved run's points for a ``scripts/bound.py`` job (:class:`~lr_jax.experiment.config.BoundJob`).
+
+    The single-region search defaults to the run's own (``bound.r_max``,
+    ``num_grid``, ``num_bisect``), so its radii equal the run's ``bounds.npz``.
+
+    Raises:
+      RunFileError: a missing or damaged run file (one line).
+    """
+    saved = load_run(job.run_dir, job.epoch)
+    layers = lr_jax.layers_from_flax(saved.params)
+    b = saved.config.bound
+    r_max = b.r_max if job.r_max is None else job.r_max
+    num_grid = b.num_grid if job.num_grid is None else job.num_grid
+    num_bisect = b.num_bisect if job.num_bisect is None else job.num_bisect
+    log.info("run %s, epoch %d, hidden widths %s", saved.run_dir, saved.epoch, hidden_widths(layers))
+    xs, (names, index, label) = run_points(saved, job.categories)
+    log.info("%d points x %d radii; single-region search up to r_max=%g", xs.shape[0], len(job.radii), r_max)
+    c, l2, srr, tight = evaluate_points(
+        layers, xs, job.radii, r_max=r_max, num_grid=num_grid, num_bisect=num_bisect,
+        chunk_size=job.chunk_size, tight=job.tight, progress=progress,
+    )
+    out = job.out or saved.run_dir / f"bounds_{saved.epoch}.csv"
+    return RunBounds(PointTable(names, index, label, c, l2, srr, tight), saved.epoch, out)
 
 
 def write_csv(path: Path, table: PointTable, radii: Sequence[float]) -> None:
