@@ -169,6 +169,8 @@ def test_experiment_figure3_composes_without_plus():
 
 
 def test_per_class_limit_follows_the_source(tmp_path):
+    for name in ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte"):
+        (tmp_path / name).write_bytes(b"")  # present; not read by validation
     validate(compose_train(["data.per_class=250"]))
     with pytest.raises(ConfigError, match="between 1 and 250"):
         validate(compose_train(["data.per_class=251"]))
@@ -215,3 +217,9 @@ def test_help_is_written_help():
     assert proc.returncode == 0
     assert "Aliases" in proc.stdout and "Examples:" in proc.stdout and "bound_cli" not in proc.stdout
     assert proc.stdout.count("python scripts/train.py") == 3
+
+
+def test_empty_test_dir_asks_only_for_the_test_split(tmp_path):
+    with pytest.raises(ConfigError, match="lacks t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte") as err:
+        validate(compose_train([f"data.test_dir={tmp_path}"]))
+    assert "train-images" not in str(err.value)

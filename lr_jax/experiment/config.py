@@ -27,7 +27,7 @@ from typing import Any, List, NamedTuple, Optional
 from omegaconf import II, DictConfig, OmegaConf
 
 from lr_jax.experiment.datasets import CategoryArgumentError, check_category_args
-from lr_jax.experiment.mnist_io import SOURCES, per_class_available
+from lr_jax.experiment.mnist_io import IDX_FILES, SOURCES, missing_idx_files, per_class_available
 
 OPTIMIZERS = ("sgd", "adam")
 BOUND_METHODS = ("paper", "tight", "sampled", "exact")
@@ -263,11 +263,17 @@ def _validate_data(d: Any) -> None:
             _fail("data.dir", d.dir, "data.source=idx needs data.dir=/path/to/folder/with/the/IDX/files.")
         if not Path(d.dir).expanduser().is_dir():
             _fail("data.dir", d.dir, "no such directory; point data.dir at the folder holding the four MNIST IDX files.")
+        missing = missing_idx_files(Path(d.dir).expanduser())
+        if missing:
+            _fail("data.dir", d.dir, f"the folder lacks {', '.join(missing)} (each may be .gz).")
     if d.test_dir is not None:
         if d.source != "embedded":
             _fail("data.test_dir", d.test_dir, "only data.source=embedded takes a separate test split.")
         if not Path(d.test_dir).expanduser().is_dir():
             _fail("data.test_dir", d.test_dir, "no such directory; point it at the folder holding t10k-*-ubyte[.gz].")
+        missing = missing_idx_files(Path(d.test_dir).expanduser(), IDX_FILES[2:])
+        if missing:
+            _fail("data.test_dir", d.test_dir, f"the folder lacks {', '.join(missing)} (each may be .gz); only the two test-split files are needed.")
     digits = list(d.digits)
     try:  # the same check make_categories runs, here before any data is loaded
         check_category_args(digits, 1 if d.per_class is None else d.per_class, d.n_random, d.scale, d.pooling)

