@@ -120,7 +120,7 @@ def check_claims(rows: Sequence[dict]) -> list[dict]:
                 **{f"{c}_seeds_dip_then_rise": dips[c]["seeds_dip_then_rise"] for c in CATEGORIES},
             })
             _, train = _trajectories(rows, lr, depth, "train", "mean_log2_bound")
-            for cat in ("random1", "random2"):
+            for cat in CATEGORIES[2:]:  # the random categories
                 _, other = _trajectories(rows, lr, depth, cat, "mean_log2_bound")
                 out.append({
                     **setting, "claim": 4, "category": cat, "metric": "mean_log2_bound",
