@@ -168,7 +168,26 @@ def test_resume_with_output_only_changes_proceeds(tmp_path, interrupted, referen
     for name in ("metrics.jsonl", "bounds.npz"):
         assert (run_dir / name).read_bytes() == (reference / name).read_bytes()
     assert _status(run_dir)["status"] == "complete"
-    assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    tags = _event_tags(run_dir / "tensorboard")
+    # Epoch 4 was evaluated after the resume: a scalar of every metric and a histogram of C per category.
+    assert {("mean_log2_bound/train", 4), ("num_single_region/random2", 4), ("C/test", 4)} <= tags
+
+
+def _event_tags(log_dir):
+    """(tag, step) of every summary value in the TensorBoard event files (TFRecord framing)."""
+    import struct
+
+    from tensorboardX.proto import event_pb2
+
+    tags = set()
+    for path in log_dir.glob("events.out.tfevents.*"):
+        data, pos = path.read_bytes(), 0
+        while pos < len(data):
+            (length,) = struct.unpack("<Q", data[pos : pos + 8])
+            event = event_pb2.Event.FromString(data[pos + 12 : pos + 12 + length])
+            tags |= {(v.tag, event.step) for v in event.summary.value}
+            pos += 12 + length + 4
+    return tags
 
 
 def test_resume_refuses_records_missing_an_evaluation(tmp_path, interrupted):
