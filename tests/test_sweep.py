@@ -153,3 +153,12 @@ def test_damaged_job_file_is_named(synthetic_multirun):
         [sys.executable, str(ROOT / "scripts" / "plot.py"), str(synthetic_multirun)], capture_output=True, text=True, timeout=120
     )
     assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [proc.stderr.strip()] and str(metrics) in proc.stderr
+
+
+@pytest.mark.slow
+def test_figure3_experiment_runs_without_plus(tmp_path):
+    sweep = tmp_path / "multirun"
+    # The figure3 sweep cut to one job: its launcher, its sweep parameters, the TINY net.
+    _tiny_multirun(sweep, "experiment=figure3", "hydra.sweeper.params.lr=0.02", "hydra.sweeper.params.seed=0", "hydra.sweeper.params.depth=2")
+    runs = collect_runs(sweep)
+    assert runs.complete == [(0.02, 2, 0)] and not runs.missing
