@@ -127,10 +127,12 @@ def test_kill_anywhere_then_resume_gives_identical_files(tmp_path, reference, fa
 
 
 @pytest.mark.slow
-def test_sigint_marks_interrupted_and_resumes_identically(tmp_path, reference):
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_interrupt_marks_interrupted_and_resumes_identically(tmp_path, reference, sig):
     run_dir = tmp_path / "run"
-    # Ctrl-C while epoch 3 trains: the run stops after epoch 3 (not an evaluated epoch) and saves it.
-    proc = _train_script(run_dir, fault=("in_epoch", 3, "SIGINT"))
+    # Ctrl-C (or a scheduler's SIGTERM) while epoch 3 trains: the run stops after epoch 3 (not an
+    # evaluated epoch) and saves it.
+    proc = _train_script(run_dir, fault=("in_epoch", 3, sig))
     assert proc.returncode == 130, proc.stderr[-2000:]
     out = proc.stdout + proc.stderr
     assert "Traceback" not in out
