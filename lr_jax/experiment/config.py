@@ -273,7 +273,11 @@ def _validate_data(d: Any) -> None:
             _fail("data.test_dir", d.test_dir, "no such directory; point it at the folder holding t10k-*-ubyte[.gz].")
         missing = missing_idx_files(Path(d.test_dir).expanduser(), IDX_FILES[2:])
         if missing:
-            _fail("data.test_dir", d.test_dir, f"the folder lacks {', '.join(missing)} (each may be .gz); only the two test-split files are needed.")
+            _fail(
+                "data.test_dir",
+                d.test_dir,
+                f"the folder lacks {', '.join(missing)} (each may be .gz); only the two test-split files are needed.",
+            )
     digits = list(d.digits)
     try:  # the same check make_categories runs, here before any data is loaded
         check_category_args(digits, 1 if d.per_class is None else d.per_class, d.n_random, d.scale, d.pooling)

@@ -135,7 +135,10 @@ def load_run(run_dir: str | Path, epoch: int | None = None) -> SavedRun:
     cfg = run_config(run_dir)
     saved = checkpoints.saved_epochs(run_dir)
     if not saved:
-        raise RunFileError(f"{checkpoints.checkpoint_dir(run_dir)}: no checkpoint saved; the run ended before its first evaluation, resume or train it again.")
+        raise RunFileError(
+            f"{checkpoints.checkpoint_dir(run_dir)}: no checkpoint saved; the run ended before its first evaluation, "
+            "resume or train it again."
+        )
     if epoch is None:
         epoch = saved[-1]
     elif epoch not in saved:

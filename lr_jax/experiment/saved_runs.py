@@ -88,7 +88,8 @@ def evaluate_points(
     progress.update()
     t_out = None
     if tight:
-        t_out = np.asarray(lr_jax.local_bounds(layers, xs, radii, method="tight", chunk_size=chunk_size, masks=False).log2_bound, np.float32)
+        tb = lr_jax.local_bounds(layers, xs, radii, method="tight", chunk_size=chunk_size, masks=False)
+        t_out = np.asarray(tb.log2_bound, np.float32)
         progress.update()
     return (
         np.asarray(lb.num_unstable, np.int32),

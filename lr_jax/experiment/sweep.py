@@ -16,7 +16,7 @@ from typing import NamedTuple, Sequence
 import numpy as np
 import yaml
 
-from lr_jax.experiment.run_files import RunFileError, read_json, read_metrics, read_yaml
+from lr_jax.experiment.run_files import read_json, read_metrics, read_yaml
 
 GROUP_KEYS = ("lr", "depth", "category", "epoch")
 # Sweep parameters that identify a job; the seed is what is averaged over.

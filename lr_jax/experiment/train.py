@@ -304,7 +304,9 @@ def check_resume(cfg, workdir: Path) -> int | None:
         if has_run:
             what = "a complete run" if status.get("status") == "complete" else f"a run (status {status.get('status')})"
             cont = "" if status.get("status") == "complete" else f"continue it with `{_resume_hint(workdir)}` or "
-            raise config_lib.ConfigError(f"invalid config resume=false: {workdir} already holds {what}; {cont}choose another hydra.run.dir.")
+            raise config_lib.ConfigError(
+                f"invalid config resume=false: {workdir} already holds {what}; {cont}choose another hydra.run.dir."
+            )
         return None
     if not recorded_path.exists():
         raise config_lib.ConfigError(f"invalid config resume=true: {workdir} holds no run to resume; start it without resume=true.")
@@ -448,7 +450,10 @@ def final_check(run: Run) -> None:
     sizes = {c: int(run.points[c].shape[0]) for c in CATEGORIES}
     for r in rows:
         if r["n_points"] != sizes[r["category"]]:
-            raise RunFileError(f"{workdir / METRICS}: row of epoch {r['epoch']}, {r['category']} has {r['n_points']} points, not {sizes[r['category']]}; {FIX_RUN}.")
+            raise RunFileError(
+                f"{workdir / METRICS}: row of epoch {r['epoch']}, {r['category']} has {r['n_points']} points, "
+                f"not {sizes[r['category']]}; {FIX_RUN}."
+            )
     read_yaml(workdir / CONFIG_FILE, what="recorded config")
     read_json(workdir / DATA, what="data record")
     if cfg.epochs not in checkpoints.saved_epochs(workdir):
@@ -593,7 +598,9 @@ def _train(cfg, workdir: Path, start: int | None, stop: _StopFlag) -> list[dict]
                     tb.log(record)
                 if record.rows[0]["diverged"]:
                     _fail(workdir, epoch, f"training diverged at epoch {epoch} (non-finite loss at evaluation)")
-                    raise TrainingDiverged(f"training diverged at epoch {epoch} (non-finite loss); lower lr or data.scale and start a new run.")
+                    raise TrainingDiverged(
+                        f"training diverged at epoch {epoch} (non-finite loss); lower lr or data.scale and start a new run."
+                    )
             if stop and epoch < cfg.epochs:
                 if epoch not in checkpoints.saved_epochs(workdir):
                     checkpoints.save(mngr, epoch, state)
