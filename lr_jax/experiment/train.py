@@ -568,62 +568,85 @@ def _mark(workdir: Path, status: str, reason: str | None = None) -> None:
     write_json(workdir / STATUS, {"status": status, "epoch": current.get("epoch"), **({"reason": reason} if reason else {})})
 
 
-def _train(cfg, workdir: Path, start: int | None, stop: _StopFlag) -> list[dict]:
+def train_epoch(run: Run, state: TrainState, epoch: int) -> TrainState:
+    """One epoch of training; a non-finite loss marks the run ``failed`` and raises :class:`TrainingDiverged`."""
+    state, loss = run.epoch_fn(state, run.cats.train_x, run.cats.train_y, jax.random.fold_in(run.keys.train, epoch))
+    if not math.isfinite(float(loss)):
+        _fail(run.workdir, epoch, f"training diverged at epoch {epoch} (non-finite loss)")
+        raise TrainingDiverged(
+            f"training diverged at epoch {epoch} (loss {float(loss)}); lower lr or data.scale "
+            f"(now lr={run.cfg.lr}, data.scale={run.cfg.data.scale}) and start a new run."
+        )
+    return state
+
+
+def _evaluate_and_save(run: Run, mngr, tb, state: TrainState, epoch: int, rows: list, per_point: dict) -> float:
+    """Evaluates, writes the records and the checkpoint; returns the seconds spent evaluating."""
     t0 = time.perf_counter()
-    run = setup_run(cfg, workdir, start)
-    rows, per_point, state = list(run.rows), dict(run.per_point), run.state
-    bound_seconds = 0.0
-    tb = _tensorboard(cfg, workdir)
-    mngr = checkpoints.manager(workdir)
-    schedule = set(eval_epochs(cfg))
-    first = run.start_epoch + 1
-    epochs = tqdm(range(first, cfg.epochs + 1), desc="epochs", initial=first, total=cfg.epochs + 1, disable=not _show_progress())
-    try:
-        for epoch in epochs:
-            if epoch > 0:
-                state, loss = run.epoch_fn(state, run.cats.train_x, run.cats.train_y, jax.random.fold_in(run.keys.train, epoch))
-                if not math.isfinite(float(loss)):
-                    _fail(workdir, epoch, f"training diverged at epoch {epoch} (non-finite loss)")
-                    raise TrainingDiverged(
-                        f"training diverged at epoch {epoch} (loss {float(loss)}); lower lr or data.scale "
-                        f"(now lr={cfg.lr}, data.scale={cfg.data.scale}) and start a new run."
-                    )
-            if epoch in schedule:
-                tb0 = time.perf_counter()
-                record = evaluate(run, state, epoch)
-                bound_seconds += time.perf_counter() - tb0
-                save_evaluation(run, mngr, state, record, rows, per_point)
-                _log_evaluation(record, time.perf_counter() - tb0)
-                if tb is not None:
-                    tb.log(record)
-                if record.rows[0]["diverged"]:
-                    _fail(workdir, epoch, f"training diverged at epoch {epoch} (non-finite loss at evaluation)")
-                    raise TrainingDiverged(
-                        f"training diverged at epoch {epoch} (non-finite loss); lower lr or data.scale and start a new run."
-                    )
-            if stop and epoch < cfg.epochs:
-                if epoch not in checkpoints.saved_epochs(workdir):
-                    checkpoints.save(mngr, epoch, state)
-                write_json(workdir / STATUS, {"status": "interrupted", "epoch": epoch})
-                raise RunInterrupted(f"interrupted after epoch {epoch} of {cfg.epochs}; continue with `{_resume_hint(workdir)}`.")
-    finally:
-        epochs.close()
-        mngr.close()
-        if tb is not None:
-            tb.close()
+    record = evaluate(run, state, epoch)
+    seconds = time.perf_counter() - t0
+    save_evaluation(run, mngr, state, record, rows, per_point)
+    _log_evaluation(record, seconds)
+    if tb is not None:
+        tb.log(record)
+    if record.rows[0]["diverged"]:
+        _fail(run.workdir, epoch, f"training diverged at epoch {epoch} (non-finite loss at evaluation)")
+        raise TrainingDiverged(f"training diverged at epoch {epoch} (non-finite loss); lower lr or data.scale and start a new run.")
+    return seconds
+
+
+def _interrupt(run: Run, mngr, state: TrainState, epoch: int) -> None:
+    """Saves the state of ``epoch`` (if not saved yet), marks the run ``interrupted`` and raises."""
+    if epoch not in checkpoints.saved_epochs(run.workdir):
+        checkpoints.save(mngr, epoch, state)
+    write_json(run.workdir / STATUS, {"status": "interrupted", "epoch": epoch})
+    raise RunInterrupted(f"interrupted after epoch {epoch} of {run.cfg.epochs}; continue with `{_resume_hint(run.workdir)}`.")
+
+
+def finish_run(run: Run, rows: list, seconds: float, bound_seconds: float) -> None:
+    """Plot, timing, the final check, then ``complete`` (or ``failed`` when the check fails)."""
+    cfg, workdir = run.cfg, run.workdir
     if cfg.plot:
-        from lr_jax.experiment.plots import plot_run
+        from lr_jax.experiment.plots import plot_run  # matplotlib only when a plot is asked for
 
         plot_run(rows, workdir / "trajectories.png", title=f"lr={cfg.lr} depth={cfg.depth} seed={cfg.seed}")
-    total = time.perf_counter() - t0
-    write_json(workdir / "timing.json", {"total_seconds": total, "bound_seconds": bound_seconds})
+    write_json(workdir / "timing.json", {"total_seconds": seconds, "bound_seconds": bound_seconds})
     try:
         final_check(run)
     except RunFileError as e:
         _fail(workdir, cfg.epochs, f"final check: {e}")
         raise
     write_json(workdir / STATUS, {"status": "complete", "epoch": cfg.epochs})
-    log.info("done in %.1fs (%.1fs in bound evaluation); run files in %s", total, bound_seconds, workdir)
+
+
+@contextmanager
+def _writers(run: Run):
+    """The checkpoint manager and the optional TensorBoard writer, closed however the loop ends."""
+    mngr, tb = checkpoints.manager(run.workdir), _tensorboard(run.cfg, run.workdir)
+    try:
+        yield mngr, tb
+    finally:
+        mngr.close()
+        if tb is not None:
+            tb.close()
+
+
+def _train(cfg, workdir: Path, start: int | None, stop: _StopFlag) -> list[dict]:
+    t0 = time.perf_counter()
+    run = setup_run(cfg, workdir, start)
+    rows, per_point, state = list(run.rows), dict(run.per_point), run.state
+    schedule, bound_seconds = set(eval_epochs(cfg)), 0.0
+    first = run.start_epoch + 1
+    with _writers(run) as (mngr, tb):
+        for epoch in tqdm(range(first, cfg.epochs + 1), desc="epochs", initial=first, total=cfg.epochs + 1, disable=not _show_progress()):
+            if epoch > 0:
+                state = train_epoch(run, state, epoch)
+            if epoch in schedule:
+                bound_seconds += _evaluate_and_save(run, mngr, tb, state, epoch, rows, per_point)
+            if stop and epoch < cfg.epochs:
+                _interrupt(run, mngr, state, epoch)
+    finish_run(run, rows, time.perf_counter() - t0, bound_seconds)
+    log.info("done in %.1fs (%.1fs in bound evaluation); run files in %s", time.perf_counter() - t0, bound_seconds, workdir)
     return rows
 
 
