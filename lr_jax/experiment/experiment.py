@@ -46,23 +46,27 @@ def run_keys(seed: int) -> RunKeys:
 def load_categories(data_cfg: Any, key: jax.Array) -> tuple[Categories, MnistSplits]:
     """The four categories of a run's ``data`` config (reads the data source).
 
-    Raises:
-      ValueError: the source holds fewer digits of a class than ``per_class``
-        (a custom IDX set smaller than MNIST), among the data source's errors.
+    A source holding fewer digits of a class than asked for gives all it has
+    (``Categories.per_class_used`` says how many); a new run refuses that
+    (:func:`check_per_class_used`), a saved run is rebuilt as it was trained.
     """
     d = data_cfg
-    n = per_class(d)
     splits = load_mnist(d.source, data_dir=d.data_dir, download=d.download, idx_dir=d.dir, test_dir=d.test_dir)
     cats = make_categories(
-        splits, key=key, digits=tuple(d.digits), per_class=n, n_random=d.n_random, scale=d.scale, pooling=d.pooling
+        splits, key=key, digits=tuple(d.digits), per_class=per_class(d), n_random=d.n_random, scale=d.scale, pooling=d.pooling
     )
+    return cats, splits
+
+
+def check_per_class_used(data_cfg: Any, cats: Categories, source: str) -> None:
+    """Raises ValueError when the data held fewer digits per class than the run asks for (a small custom IDX set)."""
+    n = per_class(data_cfg)
     short = {split: used for split, used in cats.per_class_used.items() if min(used) < n}
     if short:
         raise ValueError(
-            f"invalid config data.per_class={n}: the {splits.source} data holds only {short} digits "
-            f"per class of {list(d.digits)}; lower data.per_class."
+            f"invalid config data.per_class={n}: the {source} data holds only {short} digits "
+            f"per class of {list(data_cfg.digits)}; lower data.per_class."
         )
-    return cats, splits
 
 
 def category_points(cats: Categories) -> dict[str, jax.Array]:
@@ -114,12 +118,17 @@ class SavedRun(NamedTuple):
 def run_config(run_dir: str | Path):
     """The run's recorded ``config.yaml`` (written once when it started), as a DictConfig.
 
+    Runs made before ``config.yaml`` was recorded are read from Hydra's
+    ``.hydra/config.yaml``.
+
     Raises:
       RunFileError: the file is missing or damaged.
     """
     from omegaconf import OmegaConf
 
     path = Path(run_dir) / CONFIG_FILE
+    if not path.exists() and (Path(run_dir) / ".hydra" / "config.yaml").exists():
+        path = Path(run_dir) / ".hydra" / "config.yaml"  # a run from before config.yaml was recorded
     return OmegaConf.create(read_yaml(path, fix="the run's config is needed to rebuild its points; train the run again"))
 
 

@@ -63,6 +63,7 @@ from lr_jax.experiment.experiment import (
     CONFIG_FILE,
     RunKeys,
     category_points,
+    check_per_class_used,
     data_record,
     load_categories,
     run_keys,
@@ -404,6 +405,7 @@ def setup_run(cfg, workdir: Path, start: int | None) -> Run:
             log.info("no checkpoint yet in %s: starting the run from scratch in place", workdir)
     keys = run_keys(cfg.seed)
     cats, splits = load_categories(cfg.data, keys.data)
+    check_per_class_used(cfg.data, cats, splits.source)
     points = category_points(cats)
     log.info("data: %s (%s); %s", splits.source, splits.note, {k: tuple(v.shape) for k, v in points.items()})
     _check_data(workdir, data_record(cats, splits, cfg.data.digits), resuming=start is not None)
