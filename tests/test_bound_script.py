@@ -127,3 +127,22 @@ def test_tight_column(tiny_run, tmp_path):
     assert header == COLUMNS + ["tight_log2_bound"]
     assert rows and {r["category"] for r in rows} == {"train"}
     assert all(float(r["tight_log2_bound"]) <= float(r["log2_bound"]) + 1e-6 for r in rows)
+
+
+def test_run_from_before_config_yaml_is_rebuilt_as_trained(tiny_run, tmp_path):
+    import shutil
+
+    import yaml
+
+    from lr_jax.experiment.experiment import load_run, run_points
+
+    old = tmp_path / "old"
+    shutil.copytree(tiny_run, old)
+    cfg = yaml.safe_load((old / "config.yaml").read_text())
+    cfg["data"]["per_class"] = 500  # the old default: the embedded halves gave 250 per class
+    (old / ".hydra").mkdir()
+    (old / ".hydra" / "config.yaml").write_text(yaml.safe_dump(cfg))
+    (old / "config.yaml").unlink()
+    run = load_run(old)
+    _, (names, _, label) = run_points(run, ("train",))
+    assert run.epoch == 4 and names.size == 500 and np.bincount(label).tolist() == [250, 250]
