@@ -17,6 +17,7 @@ from pathlib import Path
 
 from lr_jax.experiment.claims import check_claims, claims_markdown
 from lr_jax.experiment.plots import plot_figure3
+from lr_jax.experiment.run_files import RunFileError
 from lr_jax.experiment.sweep import collect_runs, summarise, write_csv
 
 log = logging.getLogger("plot")
@@ -30,7 +31,7 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         runs = collect_runs(args.multirun_dir)
-    except FileNotFoundError as e:
+    except (FileNotFoundError, RunFileError) as e:  # no such folder, or a job's damaged file (named)
         log.error("%s", e)
         return 2
     if not runs.rows:

@@ -16,18 +16,18 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 import time
 from pathlib import Path
 
 import jax
 import numpy as np
-from omegaconf import OmegaConf
 from tqdm import tqdm
 
 from lr_jax import count_regions, layers_from_flax
-from lr_jax.experiment.saved_runs import load_points
+from lr_jax.experiment.experiment import CATEGORIES, load_run, run_points
+from lr_jax.experiment.run_files import RunFileError
 from lr_jax.experiment.tightness import grid_count, sandwich_rows
-from lr_jax.experiment.train import CATEGORIES, restore_params
 
 RADII = (0.1, 0.2, 0.4, 0.8)
 
@@ -38,12 +38,11 @@ def _trained_tables(run_dirs, epoch, n_points, key):
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for run_dir in run_dirs:
-        cfg = OmegaConf.load(Path(run_dir) / ".hydra" / "config.yaml")
-        params, ep = restore_params(run_dir, epoch)
-        layers = layers_from_flax(params)
-        xs, (names, _, _) = load_points(cfg, CATEGORIES)
-        name = f"depth {cfg.depth}, lr {cfg.lr}, seed {cfg.seed}, epoch {ep}"
-        for i, cat in enumerate(tqdm(CATEGORIES, desc=name)):
+        run = load_run(run_dir, epoch)
+        cfg, layers = run.config, layers_from_flax(run.params)
+        xs, (names, _, _) = run_points(run, CATEGORIES)
+        name = f"depth {cfg.depth}, lr {cfg.lr}, seed {cfg.seed}, epoch {run.epoch}"
+        for i, cat in enumerate(tqdm(CATEGORIES, desc=name, disable=not sys.stderr.isatty())):
             pts = xs[names == cat][:n_points]
             t0 = time.perf_counter()
             rows = sandwich_rows(layers, pts, RADII, jax.random.fold_in(key, i))
@@ -87,7 +86,11 @@ def main():
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("absl").setLevel(logging.WARNING)
     t0 = time.perf_counter()
-    lines = _trained_tables(args.runs, args.epoch, args.points, jax.random.PRNGKey(args.seed))
+    try:
+        lines = _trained_tables(args.runs, args.epoch, args.points, jax.random.PRNGKey(args.seed))
+    except (RunFileError, ValueError, FileNotFoundError) as e:  # a damaged or missing run file, a data source gone
+        print(f"tightness.py: error: {e}", file=sys.stderr)
+        sys.exit(2)
     lines += ["", *_grid_table(args.grid_nets, args.grid_resolution, args.seed)]
     text = "\n".join(lines) + "\n"
     print(text)

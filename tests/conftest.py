@@ -39,3 +39,13 @@ def compose_train(overrides=()):
 @pytest.fixture
 def tiny_cfg():
     return compose_train(TINY)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """A finished TINY run (epochs 0, 2, 4), shared by the test files: copy it before changing it."""
+    from lr_jax.experiment.train import train_and_evaluate
+
+    workdir = tmp_path_factory.mktemp("tiny_run")
+    train_and_evaluate(compose_train(TINY), workdir)
+    return workdir

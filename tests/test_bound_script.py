@@ -11,24 +11,14 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from lr_jax.experiment.train import train_and_evaluate
-from tests.conftest import ROOT, TINY, compose_train
+from lr_jax.experiment.config import BoundScriptConfig, ConfigError, parse_bound_job
+from lr_jax.experiment.saved_runs import CSV_COLUMNS
+from tests.conftest import ROOT
 
 SCRIPT = ROOT / "scripts" / "bound.py"
-COLUMNS = ["point_index", "category", "label", "radius", "num_unstable", "log2_bound", "single_region_radius"]
+COLUMNS = list(CSV_COLUMNS)
 SIZES = {"train": 20, "test": 20, "random1": 12, "random2": 12}  # TINY: per_class=10, n_random=12
 RADII = [0.1, 0.2, 0.4, 0.8]
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    """A finished TINY run (epochs 0, 2, 4) with the config scripts/train.py would save."""
-    workdir = tmp_path_factory.mktemp("run")
-    cfg = compose_train(TINY)
-    train_and_evaluate(cfg, workdir)
-    (workdir / ".hydra").mkdir()
-    OmegaConf.save(cfg, workdir / ".hydra" / "config.yaml")
-    return workdir
 
 
 def _bound(*args):
@@ -46,14 +36,8 @@ def _column(rows, category, radius, field, dtype=float):
 
 
 def test_all_categories_reproduce_the_runs_bounds(tiny_run):
-    # Same single-region search as the run (r_max = 2 * 0.8 = bound.r_max = 1.6).
-    proc = _bound(
-        f"checkpoint={tiny_run / 'checkpoints'}",
-        f"radii=[{','.join(map(str, RADII))}]",
-        "category=all",
-        "num_grid=4",
-        "num_bisect=3",
-    )
+    # By default the single-region search is the run's own (bound.r_max, num_grid, num_bisect).
+    proc = _bound(f"checkpoint={tiny_run / 'checkpoints'}", f"radii=[{','.join(map(str, RADII))}]", "category=all")
     assert proc.returncode == 0, proc.stderr
     out = tiny_run / "bounds_4.csv"  # default: the run folder, latest epoch
     header, rows = _read(out)
@@ -82,44 +66,83 @@ def test_all_categories_reproduce_the_runs_bounds(tiny_run):
 
 
 def test_one_category_earlier_epoch_and_out_path(tiny_run, tmp_path):
+    from lr_jax.experiment.saved_runs import evaluate_run
+
     out = tmp_path / "sub" / "table.csv"
-    proc = _bound(
-        f"checkpoint={tiny_run}", "radii=[0.4]", "category=test", "epoch=2", f"out={out}", "chunk_points=7"
-    )  # 20 points: two full chunks and a padded one
-    assert proc.returncode == 0, proc.stderr
-    _, rows = _read(out)
-    assert {r["category"] for r in rows} == {"test"} and len(rows) == SIZES["test"]
+    job = _job(checkpoint=str(tiny_run), radii=[0.4], category="test", epoch=2, out=str(out), chunk_size=7)
+    result = evaluate_run(job)
+    assert result.epoch == 2 and result.out == out
+    table = result.table
+    assert set(table.category) == {"test"} and table.num_unstable.shape == (SIZES["test"], 1)
     with np.load(tiny_run / "bounds.npz") as z:
         assert list(z["epochs"]) == [0, 2, 4]
-        np.testing.assert_array_equal(_column(rows, "test", 0.4, "num_unstable", int), z["test"][1])
+        np.testing.assert_array_equal(table.num_unstable[:, 0], z["test"][1])
+        np.testing.assert_array_equal(table.single_region_radius, z["test_single_region_radius"][1])
+
+
+def _job(**settings):
+    return parse_bound_job(OmegaConf.merge(OmegaConf.structured(BoundScriptConfig), settings))
 
 
 @pytest.mark.parametrize(
-    "args, message",
+    "settings, message",
     [
-        (["checkpoint={missing}"], "no such folder"),
-        (["checkpoint={run}", "category=validation"], "category=validation: unknown"),
-        (["checkpoint={run}", "radii=[0.1,-0.2]"], "-0.2 is negative"),
-        (["checkpoint={run}", "epoch=3"], r"saved epochs are \[0, 2, 4\]"),
-        (["radii=[0.4]"], "checkpoint=PATH is required"),
+        ({"checkpoint": "{missing}"}, "no such folder"),
+        ({"checkpoint": "{run}", "category": "validation"}, "category=validation: unknown"),
+        ({"checkpoint": "{run}", "radii": [0.1, -0.2]}, "-0.2 is negative"),
+        ({"checkpoint": "{run}", "r_max": float("inf")}, "r_max=inf"),
+        ({"checkpoint": "{run}", "methods": ["tight"]}, "methods="),
+        ({"checkpoint": "{run}", "num_grid": 0}, "num_grid=0"),
+        ({"radii": [0.4]}, "checkpoint=PATH is required"),
     ],
 )
-def test_bad_input_fails_with_one_line(tiny_run, tmp_path, args, message):
+def test_bad_settings_are_refused_in_one_line(tiny_run, tmp_path, settings, message):
+    settings = {k: v.format(missing=tmp_path / "nope", run=tiny_run) if isinstance(v, str) else v for k, v in settings.items()}
+    with pytest.raises(ConfigError, match=message) as err:
+        _job(**settings)
+    assert "\n" not in str(err.value)
+
+
+def test_defaults_take_the_runs_own_search(tiny_run):
+    job = _job(checkpoint=str(tiny_run / "checkpoints"))
+    assert job.run_dir == tiny_run and job.r_max is None and job.num_grid is None and job.categories[0] == "train"
+
+
+def test_script_exits_2_with_one_line(tiny_run, tmp_path):
     out = tmp_path / "never.csv"
-    args = [a.format(missing=tmp_path / "nope", run=tiny_run) for a in args]
-    proc = _bound(*args, f"out={out}")
+    proc = _bound(f"checkpoint={tiny_run}", "epoch=3", f"out={out}")
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("bound.py: error: "), proc.stderr
-    assert re.search(message, lines[0])
+    assert re.search(r"saved epochs are \[0, 2, 4\]", lines[0])
     assert not out.exists()
 
 
-def test_data_alias_and_tight_column(tiny_run, tmp_path):
+@pytest.mark.slow
+def test_tight_column(tiny_run, tmp_path):
     out = tmp_path / "tight.csv"
-    proc = _bound(f"checkpoint={tiny_run}", "radii=[0.4]", "data=train", "methods=[paper,tight]", f"out={out}")
+    proc = _bound(f"checkpoint={tiny_run}", "radii=[0.4]", "category=train", "methods=[paper,tight]", f"out={out}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     header, rows = _read(out)
     assert header == COLUMNS + ["tight_log2_bound"]
     assert rows and {r["category"] for r in rows} == {"train"}
     assert all(float(r["tight_log2_bound"]) <= float(r["log2_bound"]) + 1e-6 for r in rows)
+
+
+def test_run_from_before_config_yaml_is_rebuilt_as_trained(tiny_run, tmp_path):
+    import shutil
+
+    import yaml
+
+    from lr_jax.experiment.experiment import load_run, run_points
+
+    old = tmp_path / "old"
+    shutil.copytree(tiny_run, old)
+    cfg = yaml.safe_load((old / "config.yaml").read_text())
+    cfg["data"]["per_class"] = 500  # the old default: the embedded halves gave 250 per class
+    (old / ".hydra").mkdir()
+    (old / ".hydra" / "config.yaml").write_text(yaml.safe_dump(cfg))
+    (old / "config.yaml").unlink()
+    run = load_run(old)
+    _, (names, _, label) = run_points(run, ("train",))
+    assert run.epoch == 4 and names.size == 500 and np.bincount(label).tolist() == [250, 250]

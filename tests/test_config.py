@@ -6,11 +6,14 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
 from omegaconf.errors import ValidationError
 
-from lr_jax.experiment.config import ConfigError, validate
-from tests.conftest import ROOT, compose_train
+from lr_jax.experiment import config as config_lib
+from lr_jax.experiment.config import ConfigError, TrainConfig, validate
+from tests.conftest import CONFIG_DIR, ROOT, TINY, compose_train
 
 
 def test_defaults_match_the_paper():
@@ -61,6 +64,17 @@ def test_unknown_key_and_wrong_type_are_rejected():
         ("data.source=cifar", "data.source"),
         ("data.source=idx", "data.dir"),
         ("bound.methods=[tight]", "bound.methods"),
+        ("bound.radius=inf", "bound.radius=inf"),
+        ("lr=inf", "lr=inf"),
+        ("lr=nan", "lr=nan"),
+        ("data.scale=inf", "data.scale=inf"),
+        ("bound.r_max=nan", "bound.r_max=nan"),
+        ("model.init_std=inf", "model.init_std=inf"),
+        ("optim.momentum=-inf", "optim.momentum=-inf"),
+        ("model.num_outputs=1", "model.num_outputs"),
+        ("data.per_class=100000", "between 1 and 250"),
+        ("data.n_random=0", "data.n_random"),
+        ("logger=wandb", "logger"),
     ],
 )
 def test_bad_values_raise_config_error(override, match):
@@ -75,7 +89,9 @@ def test_missing_idx_dir_raises(tmp_path):
         validate(cfg)
 
 
-@pytest.mark.parametrize("override", ["depth=0", "lr=-1", "data.source=cifar"])
+@pytest.mark.parametrize(
+    "override", ["model.depth=2", pytest.param("depth=0", marks=pytest.mark.slow), pytest.param("bound.radius=inf", marks=pytest.mark.slow)]
+)
 def test_script_fails_fast_with_one_clear_line(override, tmp_path):
     proc = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "train.py"), override, f"hydra.run.dir={tmp_path}/run"],
@@ -89,6 +105,7 @@ def test_script_fails_fast_with_one_clear_line(override, tmp_path):
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
 
 
+@pytest.mark.slow
 def test_script_rejects_unknown_key(tmp_path):
     proc = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "train.py"), "bogus=1", f"hydra.run.dir={tmp_path}/run"],
@@ -107,3 +124,102 @@ def test_test_dir_needs_embedded_source_and_an_existing_folder(tmp_path):
     cfg = compose_train([f"data.test_dir={tmp_path / 'absent'}"])
     with pytest.raises(ConfigError, match="no such directory"):
         validate(cfg)
+
+
+def test_every_float_of_the_schema_is_checked_for_finiteness():
+    keys = config_lib._float_keys(TrainConfig)
+    assert {"lr", "optim.lr", "data.scale", "bound.radius", "bound.r_max", "model.init_std", "optim.momentum"} <= set(keys)
+    for key in keys:
+        if key == "optim.lr":
+            continue  # set through its alias (checked as lr)
+        cfg = compose_train([f"{key}=inf"])
+        with pytest.raises(ConfigError, match=f"{key}=inf"):
+            validate(cfg)
+
+
+def test_every_default_lives_in_the_schema_once():
+    """The composed config with no override is the schema itself, and no YAML group file repeats a default."""
+    composed = OmegaConf.to_container(compose_train(), resolve=False)
+    assert composed == OmegaConf.to_container(OmegaConf.structured(TrainConfig), resolve=False)
+    schema = OmegaConf.to_container(OmegaConf.structured(TrainConfig), resolve=False)
+    for path in sorted(CONFIG_DIR.glob("*/*.yaml")):
+        group = path.parent.name
+        if group not in schema:
+            continue  # hydra/..., experiment/: not groups of the schema
+        body = {k: v for k, v in (yaml.safe_load(path.read_text()) or {}).items() if k != "defaults"}
+        for key, value in body.items():
+            assert key in schema[group], f"{path}: unknown key {key}"
+            assert value != schema[group][key], f"{path}: {key}={value!r} repeats the schema's default"
+
+
+@pytest.mark.parametrize("override, alias", [("optim.lr=0.5", "lr"), ("model.depth=2", "depth"), ("model.width=64", "width")])
+def test_group_value_disagreeing_with_its_alias_is_refused(override, alias):
+    with pytest.raises(ConfigError, match=f"disagrees with {alias}="):
+        validate(compose_train([override]))
+
+
+def test_group_value_agreeing_with_its_alias_passes():
+    validate(compose_train(["optim.lr=0.02", "model.depth=3"]))
+
+
+def test_experiment_figure3_composes_without_plus():
+    cfg = compose_train(["experiment=figure3"])
+    assert cfg.plot is False
+    validate(cfg)
+
+
+def test_per_class_limit_follows_the_source(tmp_path):
+    for name in ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte"):
+        (tmp_path / name).write_bytes(b"")  # present; not read by validation
+    validate(compose_train(["data.per_class=250"]))
+    with pytest.raises(ConfigError, match="between 1 and 250"):
+        validate(compose_train(["data.per_class=251"]))
+    # With the official test split, train holds 500 per class and the test split 980 zeros, 982 fours.
+    validate(compose_train([f"data.test_dir={tmp_path}", "data.per_class=500"]))
+    with pytest.raises(ConfigError, match="between 1 and 500"):
+        validate(compose_train([f"data.test_dir={tmp_path}", "data.per_class=501"]))
+    validate(compose_train(["data.source=tfds", "data.per_class=980"]))
+    with pytest.raises(ConfigError, match="between 1 and 980"):
+        validate(compose_train(["data.source=tfds", "data.per_class=981"]))
+
+
+def test_invalid_values_are_refused_before_any_data_is_loaded(monkeypatch, tmp_path):
+    from lr_jax.experiment import train
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("data loaded before validation")
+
+    monkeypatch.setattr(train, "load_categories", no_loading)
+    for override in ("bound.radius=inf", "lr=inf", "model.num_outputs=1", "data.per_class=100000", "data.n_random=0", "optim.lr=0.5"):
+        with pytest.raises(ConfigError):
+            train.train_and_evaluate(compose_train(TINY + [override]), tmp_path / "run")
+        assert not (tmp_path / "run" / "status.json").exists()
+
+
+def test_paths_are_stored_absolute(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mnist").mkdir()
+    cfg = compose_train(["data.test_dir=mnist"])
+    config_lib.resolve_paths(cfg)
+    assert cfg.data.test_dir == str(tmp_path / "mnist")
+
+
+def test_resume_diff_ignores_output_only_settings():
+    a = OmegaConf.to_container(compose_train(TINY), resolve=True)
+    b = OmegaConf.to_container(compose_train(TINY + ["plot=false", "logger=tensorboard", "resume=true"]), resolve=True)
+    assert config_lib.computation_diff(a, b) == []
+    c = OmegaConf.to_container(compose_train(TINY + ["lr=0.5", "data.scale=32"]), resolve=True)
+    assert config_lib.computation_diff(a, c) == ["data.scale", "lr", "optim.lr"]
+
+
+def test_help_is_written_help():
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "train.py"), "--help"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0
+    assert "Aliases" in proc.stdout and "Examples:" in proc.stdout and "bound_cli" not in proc.stdout
+    assert proc.stdout.count("python scripts/train.py") == 3
+
+
+def test_empty_test_dir_asks_only_for_the_test_split(tmp_path):
+    with pytest.raises(ConfigError, match="lacks t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte") as err:
+        validate(compose_train([f"data.test_dir={tmp_path}"]))
+    assert "train-images" not in str(err.value)

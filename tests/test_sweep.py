@@ -13,7 +13,7 @@ import yaml
 from lr_jax.experiment.sweep import collect_runs, summarise
 from tests.conftest import ROOT, TINY
 
-CATS = ("train", "test", "random1", "random2")
+from lr_jax.experiment.experiment import CATEGORIES as CATS
 
 
 def _write_job(root, lr, depth, seed, status="complete", value=0.0):
@@ -140,3 +140,25 @@ def test_dip_then_rise_on_known_trajectories():
     assert not dip_then_rise(epochs, falling)["holds_on_mean"]
     hump = rise_then_dip(epochs, -v_shape)
     assert hump["holds_on_mean"] and hump["max"] == -1.5 and hump["argmax_epoch"] == 2
+
+
+def test_damaged_job_file_is_named(synthetic_multirun):
+    from lr_jax.experiment.run_files import RunFileError
+
+    metrics = synthetic_multirun / "lr0.02_depth2_seed1" / "metrics.jsonl"
+    metrics.write_text(metrics.read_text()[:50])
+    with pytest.raises(RunFileError, match=rf"^{metrics}: metrics is damaged"):
+        collect_runs(synthetic_multirun)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "plot.py"), str(synthetic_multirun)], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [proc.stderr.strip()] and str(metrics) in proc.stderr
+
+
+@pytest.mark.slow
+def test_figure3_experiment_runs_without_plus(tmp_path):
+    sweep = tmp_path / "multirun"
+    # The figure3 sweep cut to one job: its launcher, its sweep parameters, the TINY net.
+    _tiny_multirun(sweep, "experiment=figure3", "hydra.sweeper.params.lr=0.02", "hydra.sweeper.params.seed=0", "hydra.sweeper.params.depth=2")
+    runs = collect_runs(sweep)
+    assert runs.complete == [(0.02, 2, 0)] and not runs.missing

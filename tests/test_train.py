@@ -10,7 +10,9 @@ import pytest
 
 from lr_jax import layers_from_flax, local_bounds
 from lr_jax.experiment.config import ConfigError
-from lr_jax.experiment.train import load_categories, read_metrics, restore_params, run_keys, train_and_evaluate
+from lr_jax.experiment.experiment import CATEGORIES, load_categories, load_run, run_keys
+from lr_jax.experiment.run_files import read_metrics
+from lr_jax.experiment.train import train_and_evaluate
 from tests.conftest import TINY, compose_train
 
 REQUIRED_FIELDS = {
@@ -27,22 +29,14 @@ REQUIRED_FIELDS = {
     "train_accuracy",
     "test_loss",
     "test_accuracy",
+    "diverged",
 }
-CATEGORIES = {"train", "test", "random1", "random2"}
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("run")
-    rows = train_and_evaluate(compose_train(TINY), workdir)
-    return workdir, rows
 
 
 def test_run_leaves_the_contract_files(tiny_run):
-    workdir, rows = tiny_run
+    workdir = tiny_run
     assert json.loads((workdir / "status.json").read_text())["status"] == "complete"
-    on_disk = read_metrics(workdir / "metrics.jsonl")
-    assert on_disk == rows
+    rows = read_metrics(workdir / "metrics.jsonl")
     assert {(r["epoch"], r["category"]) for r in rows} == {(e, c) for e in (0, 2, 4) for c in CATEGORIES}
     for r in rows:
         assert REQUIRED_FIELDS <= set(r)
@@ -66,40 +60,33 @@ def test_run_leaves_the_contract_files(tiny_run):
     data = json.loads((workdir / "data.json").read_text())
     assert data["source"] == "embedded" and "disjoint halves" in data["note"]
     assert len(data["train_index"]) == 20 and len(data["test_index"]) == 20
+    assert len(data["fingerprint"]) == 64
+    assert not (workdir / "run.lock").exists()
+    assert all(r["diverged"] is False for r in rows)
 
 
 def test_checkpoint_reproduces_the_logged_bounds(tiny_run):
-    workdir, _ = tiny_run
-    params, epoch = restore_params(workdir)
-    assert epoch == 4
-    cfg = compose_train(TINY)
-    cats, _ = load_categories(cfg, run_keys(cfg.seed).data)
-    c = local_bounds(layers_from_flax(params), cats.train_x, [0.4]).log2_bound[:, 0]
+    workdir = tiny_run
+    run = load_run(workdir)
+    assert run.epoch == 4 and run.config.width == 8
+    cats, _ = load_categories(run.config.data, run_keys(run.config.seed).data)
+    c = local_bounds(layers_from_flax(run.params), cats.train_x, [0.4]).log2_bound[:, 0]
     with np.load(workdir / "bounds.npz") as z:
         np.testing.assert_array_equal(np.asarray(c), z["train"][-1])
 
 
 def test_same_seed_same_metrics(tiny_run, tmp_path):
-    workdir, _ = tiny_run
-    train_and_evaluate(compose_train(TINY), tmp_path)
-    assert (tmp_path / "metrics.jsonl").read_text() == (workdir / "metrics.jsonl").read_text()
-
-
-def test_resume_continues_to_identical_results(tiny_run, tmp_path):
-    workdir, _ = tiny_run
-    short = [o for o in TINY if not o.startswith("epochs")] + ["epochs=2"]
-    train_and_evaluate(compose_train(short), tmp_path)
-    # Pretend the run was interrupted after epoch 2 of 4.
-    (tmp_path / "status.json").write_text(json.dumps({"status": "running", "epoch": 2}))
-    train_and_evaluate(compose_train(TINY + ["resume=true"]), tmp_path)
-    assert (tmp_path / "metrics.jsonl").read_text() == (workdir / "metrics.jsonl").read_text()
-    assert json.loads((tmp_path / "status.json").read_text())["status"] == "complete"
+    rows = train_and_evaluate(compose_train(TINY), tmp_path)
+    assert (tmp_path / "metrics.jsonl").read_text() == (tiny_run / "metrics.jsonl").read_text()
+    assert read_metrics(tmp_path / "metrics.jsonl") == rows
 
 
 def test_existing_run_is_not_overwritten_and_resume_needs_a_run(tiny_run, tmp_path):
-    workdir, _ = tiny_run
-    with pytest.raises(ConfigError, match="resume=true"):
+    workdir = tiny_run
+    with pytest.raises(ConfigError, match="already holds a complete run"):
         train_and_evaluate(compose_train(TINY), workdir)
+    with pytest.raises(ConfigError, match="already complete"):
+        train_and_evaluate(compose_train(TINY + ["resume=true"]), workdir)
     with pytest.raises(ConfigError, match="no run to resume"):
         train_and_evaluate(compose_train(TINY + ["resume=true"]), tmp_path / "empty")
 
@@ -113,6 +100,7 @@ def test_malformed_idx_fails_before_training(tmp_path):
     assert not (run / "metrics.jsonl").exists()
 
 
+@pytest.mark.slow
 def test_every_bound_method_is_logged_under_its_name(tmp_path):
     overrides = TINY + ["bound=sandwich", "bound.exact_points=3", "bound.num_samples=64", "bound.num_chords=4", "epochs=2"]
     rows = train_and_evaluate(compose_train(overrides), tmp_path)
@@ -143,3 +131,38 @@ def test_real_test_split_replaces_the_embedded_half(tmp_path):
     assert cats.per_class_used == {"train": (500, 500), "test": (500, 500)}
     assert cats.train_x.shape == (1000, 36) and cats.test_x.shape == (1000, 36)
     assert np.bincount(np.asarray(splits.test_labels)[cats.test_index], minlength=10)[[0, 4]].tolist() == [500, 500]
+
+
+def test_diverged_run_is_failed_strict_json_and_not_resumable(tmp_path, monkeypatch):
+    from lr_jax.experiment import train
+    from lr_jax.experiment.train import TrainingDiverged
+
+    make_epoch_fn = train.make_epoch_fn
+
+    def nan_from_epoch_3(*args):
+        epoch_fn = make_epoch_fn(*args)
+
+        def run(state, x, y, key):
+            state, loss = epoch_fn(state, x, y, key)
+            return state, loss * np.nan if int(state.step) >= 3 * (20 // 8) else loss
+
+        return run
+
+    monkeypatch.setattr(train, "make_epoch_fn", nan_from_epoch_3)
+    with pytest.raises(TrainingDiverged, match="diverged at epoch 3"):
+        train_and_evaluate(compose_train(TINY), tmp_path)
+    status = json.loads((tmp_path / "status.json").read_text())
+    assert status["status"] == "failed" and "diverged" in status["reason"]
+    text = (tmp_path / "metrics.jsonl").read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    with pytest.raises(ConfigError, match="diverged"):
+        train_and_evaluate(compose_train(TINY + ["resume=true"]), tmp_path)
+
+
+def test_library_imports_without_the_experiment():
+    import subprocess
+    import sys
+
+    code = "import sys, lr_jax; bad = [m for m in sys.modules if m.startswith('lr_jax.experiment') or m in ('hydra', 'orbax', 'matplotlib')]; print(bad)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "[]", out.stderr

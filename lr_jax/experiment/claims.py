@@ -25,7 +25,7 @@ from typing import Sequence
 
 import numpy as np
 
-CATEGORIES = ("train", "test", "random1", "random2")
+from lr_jax.experiment.experiment import CATEGORIES
 
 
 def _trajectories(rows, lr, depth, category, metric) -> tuple[np.ndarray, np.ndarray]:
@@ -54,6 +54,7 @@ def dip_then_rise(epochs: np.ndarray, values: np.ndarray) -> dict:
         "start": float(mean[0]),
         "min": float(mean[i]),
         "end": float(mean[-1]),
+        "end_epoch": int(epochs[-1]),
         "argmin_epoch": int(epochs[i]),
         "holds_on_mean": bool(0 < i < len(mean) - 1 and mean[0] > mean[i] < mean[-1]),
         "seeds_dip_then_rise": int(sum(per_seed)),
@@ -70,6 +71,7 @@ def rise_then_dip(epochs: np.ndarray, values: np.ndarray) -> dict:
         "start": -out["start"],
         "max": -out["min"],
         "end": -out["end"],
+        "end_epoch": out["end_epoch"],
         "argmax_epoch": out["argmin_epoch"],
         "holds_on_mean": out["holds_on_mean"],
         "seeds_rise_then_dip": out["seeds_dip_then_rise"],
@@ -107,7 +109,7 @@ def check_claims(rows: Sequence[dict]) -> list[dict]:
                 m = np.nanmean(single, axis=0)
                 out.append({
                     **setting, "claim": 5, "category": cat, "metric": "num_single_region",
-                    "start": float(m[0]), "end": float(m[-1]), "max": float(np.max(m)),
+                    "start": float(m[0]), "end": float(m[-1]), "end_epoch": int(epochs[-1]), "max": float(np.max(m)),
                     "spearman_with_epoch": _spearman(epochs, m),
                     "seeds_end_above_start": int(np.sum(single[:, -1] > single[:, 0])),
                     "n_seeds": int(single.shape[0]),
@@ -118,7 +120,7 @@ def check_claims(rows: Sequence[dict]) -> list[dict]:
                 **{f"{c}_seeds_dip_then_rise": dips[c]["seeds_dip_then_rise"] for c in CATEGORIES},
             })
             _, train = _trajectories(rows, lr, depth, "train", "mean_log2_bound")
-            for cat in ("random1", "random2"):
+            for cat in CATEGORIES[2:]:  # the random categories
                 _, other = _trajectories(rows, lr, depth, cat, "mean_log2_bound")
                 out.append({
                     **setting, "claim": 4, "category": cat, "metric": "mean_log2_bound",
@@ -134,6 +136,7 @@ def claims_markdown(claims: Sequence[dict]) -> str:
     if claims and claims[0].get("claim") is None:
         return f"Claims not checked: {claims[0].get('skipped')}\n"
     out = []
+    last = _last_epoch_label(claims)
 
     def table(title, header, rows):
         out.extend([f"### {title}", "", "| " + " | ".join(header) + " |", "|" + " --- |" * len(header)])
@@ -143,14 +146,14 @@ def claims_markdown(claims: Sequence[dict]) -> str:
     c1 = [c for c in claims if c["claim"] == 1 and c["metric"] == "mean_log2_bound"]
     table(
         "1. mean C first decreases, then increases",
-        ["lr", "depth", "category", "epoch 0", "minimum (epoch)", "epoch 20", "seeds with an interior minimum"],
+        ["lr", "depth", "category", "epoch 0", "minimum (epoch)", last, "seeds with an interior minimum"],
         [(c["lr"], c["depth"], c["category"], f"{c['start']:.2f}", f"{c['min']:.2f} ({c['argmin_epoch']})",
           f"{c['end']:.2f}", f"{c['seeds_dip_then_rise']}/{c['n_seeds']}") for c in c1],
     )
     c2 = [c for c in claims if c["claim"] == 2]
     table(
         "2. single-region radius first increases, then decreases",
-        ["lr", "depth", "category", "epoch 0", "maximum (epoch)", "epoch 20", "seeds rising then falling"],
+        ["lr", "depth", "category", "epoch 0", "maximum (epoch)", last, "seeds rising then falling"],
         [(c["lr"], c["depth"], c["category"], f"{c['start']:.3f}", f"{c['max']:.3f} ({c['argmax_epoch']})",
           f"{c['end']:.3f}", f"{c['seeds_rise_then_dip']}/{c['n_seeds']}") for c in c2],
     )
@@ -169,8 +172,16 @@ def claims_markdown(claims: Sequence[dict]) -> str:
     c5 = [c for c in claims if c["claim"] == 5]
     table(
         "5. points with a single region (C = 0)",
-        ["lr", "depth", "category", "epoch 0", "epoch 20", "rank correlation with epoch", "seeds ending above start"],
+        ["lr", "depth", "category", "epoch 0", last, "rank correlation with epoch", "seeds ending above start"],
         [(c["lr"], c["depth"], c["category"], f"{c['start']:.1f}", f"{c['end']:.1f}", f"{c['spearman_with_epoch']:.2f}",
           f"{c['seeds_end_above_start']}/{c['n_seeds']}") for c in c5],
     )
     return "\n".join(out)
+
+
+def _last_epoch_label(claims: Sequence[dict]) -> str:
+    """Heading of the last-epoch column: the sweep's actual last epoch."""
+    ends = sorted({c["end_epoch"] for c in claims if "end_epoch" in c})
+    if len(ends) == 1:
+        return f"epoch {ends[0]}"
+    return "last epoch" if not ends else f"last epoch ({', '.join(map(str, ends))})"

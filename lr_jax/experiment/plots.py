@@ -14,7 +14,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-CATEGORY_COLOURS = {"train": "tab:blue", "test": "tab:orange", "random1": "tab:green", "random2": "tab:red"}
+from lr_jax.experiment.experiment import CATEGORIES  # noqa: E402
+
+CATEGORY_COLOURS = dict(zip(CATEGORIES, ("tab:blue", "tab:orange", "tab:green", "tab:red")))
 
 
 def plot_run(rows: Sequence[dict], path: str | Path, title: str = "") -> None:

@@ -1,29 +1,33 @@
 """Bounds around the points of a saved training run, as a per-point table.
 
-Rebuilds a run's four categories of points from its saved config (same data
-source, scale and seed, hence the same points as during training), evaluates
-Algorithm 1 at any radii and the certified single-region radius in fixed-size
-host chunks, and writes the per-point table as CSV. Used by
-``scripts/bound.py``; this module reads the run's data and writes files.
+A run's points come back from its recorded config
+(:func:`lr_jax.experiment.experiment.run_points`: same data source, scale and
+seed, hence the same points as during training); :func:`evaluate_points`
+evaluates Algorithm 1 at any radii and the certified single-region radius
+around them with the public bound API, and :func:`write_csv` writes the
+per-point table. Used by ``scripts/bound.py``.
 """
 
 from __future__ import annotations
 
 import csv
+import logging
 from pathlib import Path
-from typing import Callable, Iterable, NamedTuple, Sequence
+from typing import NamedTuple, Sequence
 
 import jax.numpy as jnp
 import numpy as np
 
+import lr_jax
 from lr_jax.experiment.bound_summary import summarise_category
-from lr_jax.bounds.core import default_chunk_size
-from lr_jax import local_bounds
+from lr_jax.experiment.experiment import load_run, run_points
 from lr_jax.experiment.run_files import atomic_write
-from lr_jax.bounds.single_region_radius import single_region_radius
-from lr_jax.experiment.train import category_points, load_categories, run_keys
+from lr_jax.networks.layers import hidden_widths
+
+log = logging.getLogger(__name__)
 
 CSV_COLUMNS = ("point_index", "category", "label", "radius", "num_unstable", "log2_bound", "single_region_radius")
+TIGHT_COLUMN = "tight_log2_bound"
 
 
 class PointTable(NamedTuple):
@@ -49,41 +53,9 @@ class PointTable(NamedTuple):
     tight_log2_bound: np.ndarray | None = None
 
 
-def load_points(run_cfg, categories: Sequence[str]):
-    """The run's points of ``categories``, rebuilt as during training.
-
-    Returns:
-      ``xs [N, d]`` (float32, categories in the given order) and the per-point
-      ``(category [N], point_index [N], label [N])`` of :class:`PointTable`.
-    """
-    cats, splits = load_categories(run_cfg, run_keys(run_cfg.seed).data)
-    points = category_points(cats)
-    labels = {"train": cats.train_y, "test": cats.test_y}
-    xs, names, index, label = [], [], [], []
-    for c in categories:
-        n = points[c].shape[0]
-        xs.append(np.asarray(points[c], np.float32))
-        names.append(np.full(n, c))
-        index.append(np.arange(n))
-        label.append(np.asarray(labels[c]) if c in labels else np.full(n, -1))
-    return np.concatenate(xs), (np.concatenate(names), np.concatenate(index), np.concatenate(label).astype(np.int64))
-
-
-def default_chunk_points(layers, num_radii: int, num_grid: int) -> int:
-    """Points per host chunk: the pairs ``local_bounds`` puts in one chunk,
-    divided by the widest per-point batch (the single-region grid or the
-    radii), so that a chunk's working set matches the kernel's."""
-    return max(1, default_chunk_size(layers) // max(num_grid, num_radii))
-
-
-def _padded_chunks(xs: np.ndarray, chunk: int):
-    """Yields ``(start, count, x [chunk, d])``; the last chunk repeats its last row."""
-    for start in range(0, xs.shape[0], chunk):
-        x = xs[start : start + chunk]
-        count = x.shape[0]
-        if count < chunk:
-            x = np.concatenate([x, np.repeat(x[-1:], chunk - count, axis=0)])
-        yield start, count, x
+class _NoProgress:
+    def update(self, n: int = 1) -> None:
+        pass
 
 
 def evaluate_points(
@@ -94,36 +66,71 @@ def evaluate_points(
     r_max: float,
     num_grid: int = 16,
     num_bisect: int = 12,
-    chunk_points: int | None = None,
     chunk_size: int | None = None,
     tight: bool = False,
-    progress: Callable[[Iterable, int], Iterable] = lambda it, total: it,
+    progress=None,
 ):
-    """Algorithm 1 at every radius and the single-region radius, over host chunks.
+    """Algorithm 1 at every radius and the single-region radius around every point.
 
-    Points go through in chunks of ``chunk_points`` (default
-    :func:`default_chunk_points`), the last one padded, so nothing recompiles;
-    ``progress(iterable, total)`` wraps the chunk loop (e.g. ``tqdm``).
+    All points go through the kernels in one call each (they bound their own
+    memory); ``progress.update()`` (e.g. a ``tqdm`` bar of 2 or 3 steps) is
+    called after each.
 
     Returns:
       ``C [N, R]`` (int32), ``log2_bound [N, R]``, single-region radii ``[N]``
       and, when ``tight``, the tight bound's log2 ``[N, R]`` (else None).
     """
-    layers = tuple((jnp.asarray(W), jnp.asarray(b)) for W, b in layers)  # on device once, not per chunk
-    n, r = xs.shape[0], len(radii)
-    chunk = min(n, chunk_points or default_chunk_points(layers, r, num_grid))
-    c_out, l_out, s_out = np.zeros((n, r), np.int32), np.zeros((n, r), np.float32), np.zeros(n, np.float32)
-    t_out = np.zeros((n, r), np.float32) if tight else None
-    for start, count, x in progress(_padded_chunks(xs, chunk), -(-n // chunk)):
-        if tight:
-            tb = local_bounds(layers, x, radii, method="tight", chunk_size=chunk_size, masks=False)
-            t_out[start : start + count] = np.asarray(tb.log2_bound)[:count]
-        lb = local_bounds(layers, x, radii, chunk_size=chunk_size, masks=False)
-        sr = single_region_radius(layers, x, r_max, num_grid, num_bisect)
-        c_out[start : start + count] = np.asarray(lb.num_unstable)[:count]
-        l_out[start : start + count] = np.asarray(lb.log2_bound)[:count]
-        s_out[start : start + count] = np.asarray(sr.radius)[:count]
-    return c_out, l_out, s_out, t_out
+    progress = progress or _NoProgress()
+    xs = jnp.asarray(xs, jnp.float32)
+    lb = lr_jax.local_bounds(layers, xs, radii, chunk_size=chunk_size, masks=False)
+    progress.update()
+    srr = lr_jax.single_region_radius(layers, xs, r_max, num_grid, num_bisect)
+    progress.update()
+    t_out = None
+    if tight:
+        tb = lr_jax.local_bounds(layers, xs, radii, method="tight", chunk_size=chunk_size, masks=False)
+        t_out = np.asarray(tb.log2_bound, np.float32)
+        progress.update()
+    return (
+        np.asarray(lb.num_unstable, np.int32),
+        np.asarray(lb.log2_bound, np.float32),
+        np.asarray(srr.radius, np.float32),
+        t_out,
+    )
+
+
+class RunBounds(NamedTuple):
+    """What :func:`evaluate_run` computed: the table, the checkpoint's epoch, where the CSV goes."""
+
+    table: PointTable
+    epoch: int
+    out: Path
+
+
+def evaluate_run(job, progress=None) -> RunBounds:
+    """Bounds around a saved run's points for a ``scripts/bound.py`` job (:class:`~lr_jax.experiment.config.BoundJob`).
+
+    The single-region search defaults to the run's own (``bound.r_max``,
+    ``num_grid``, ``num_bisect``), so its radii equal the run's ``bounds.npz``.
+
+    Raises:
+      RunFileError: a missing or damaged run file (one line).
+    """
+    saved = load_run(job.run_dir, job.epoch)
+    layers = lr_jax.layers_from_flax(saved.params)
+    b = saved.config.bound
+    r_max = b.r_max if job.r_max is None else job.r_max
+    num_grid = b.num_grid if job.num_grid is None else job.num_grid
+    num_bisect = b.num_bisect if job.num_bisect is None else job.num_bisect
+    log.info("run %s, epoch %d, hidden widths %s", saved.run_dir, saved.epoch, hidden_widths(layers))
+    xs, (names, index, label) = run_points(saved, job.categories)
+    log.info("%d points x %d radii; single-region search up to r_max=%g", xs.shape[0], len(job.radii), r_max)
+    c, l2, srr, tight = evaluate_points(
+        layers, xs, job.radii, r_max=r_max, num_grid=num_grid, num_bisect=num_bisect,
+        chunk_size=job.chunk_size, tight=job.tight, progress=progress,
+    )
+    out = job.out or saved.run_dir / f"bounds_{saved.epoch}.csv"
+    return RunBounds(PointTable(names, index, label, c, l2, srr, tight), saved.epoch, out)
 
 
 def write_csv(path: Path, table: PointTable, radii: Sequence[float]) -> None:
@@ -139,7 +146,7 @@ def _write_rows(tmp: Path, table: PointTable, radii: Sequence[float]) -> None:
     with open(tmp, "w", newline="") as f:
         w = csv.writer(f)
         tight = table.tight_log2_bound
-        w.writerow(CSV_COLUMNS + (("tight_log2_bound",) if tight is not None else ()))
+        w.writerow(CSV_COLUMNS + ((TIGHT_COLUMN,) if tight is not None else ()))
         for i in range(table.category.shape[0]):
             for k, r in enumerate(radii):
                 row = (

@@ -9,13 +9,14 @@ Jobs that are absent, unfinished or failed are reported, never silently dropped.
 from __future__ import annotations
 
 import itertools
-import json
 import math
 from pathlib import Path
 from typing import NamedTuple, Sequence
 
 import numpy as np
 import yaml
+
+from lr_jax.experiment.run_files import read_json, read_metrics, read_yaml
 
 GROUP_KEYS = ("lr", "depth", "category", "epoch")
 # Sweep parameters that identify a job; the seed is what is averaged over.
@@ -68,27 +69,33 @@ def collect_runs(multirun_dir: str | Path) -> SweepRuns:
 
     A job counts as complete when its ``status.json`` says ``complete``. When
     the folder's ``multirun.yaml`` gives the (lr, depth, seed) grid, jobs of the
-    grid with no folder at all are reported missing too.
+    grid with no folder at all are reported missing too. A job's config is its
+    recorded ``config.yaml`` (Hydra's ``.hydra/config.yaml`` for a job refused
+    before it started, or written by an older version).
+
+    Raises:
+      FileNotFoundError: no such folder.
+      RunFileError: a damaged file of a job (one line naming it).
     """
     root = Path(multirun_dir)
     if not root.is_dir():
         raise FileNotFoundError(f"no multirun folder at {root}.")
     rows, complete, missing, seen = [], [], [], set()
-    for cfg_path in sorted(root.glob("**/.hydra/config.yaml")):
-        job_dir = cfg_path.parent.parent
-        cfg = yaml.safe_load(cfg_path.read_text())
+    fix = "delete that job's folder and run the job again, or pass the sweep without it"
+    for job_dir in sorted(p.parent.parent for p in root.glob("**/.hydra/config.yaml")):
+        recorded = job_dir / "config.yaml"
+        cfg_path = recorded if recorded.exists() else job_dir / ".hydra" / "config.yaml"
+        cfg = read_yaml(cfg_path, what="job config", fix=fix)
         # The top-level aliases hold the values; the groups only interpolate them.
         key = (float(cfg["lr"]), int(cfg["depth"]), int(cfg["seed"]))
         seen.add(key)
         status_path = job_dir / "status.json"
-        status = json.loads(status_path.read_text()) if status_path.exists() else {"status": "not started"}
-        if status.get("status") != "complete" or not (job_dir / "metrics.jsonl").exists():
+        status = read_json(status_path, what="job status", fix=fix) if status_path.exists() else {"status": "not started"}
+        if status.get("status") != "complete":
             missing.append({**dict(zip(JOB_KEYS, key)), "reason": status.get("reason", status.get("status")), "dir": str(job_dir)})
             continue
         complete.append(key)
-        for line in (job_dir / "metrics.jsonl").read_text().splitlines():
-            if line.strip():
-                rows.append({**json.loads(line), **dict(zip(JOB_KEYS, key))})
+        rows.extend({**r, **dict(zip(JOB_KEYS, key))} for r in read_metrics(job_dir / "metrics.jsonl", fix=fix))
     expected = _expected_jobs(root)
     if expected:
         for lr, depth, seed in expected:
@@ -140,8 +147,14 @@ def write_csv(summary: Sequence[dict], path: str | Path) -> None:
     """Writes :func:`summarise`'s rows as CSV (columns in first-seen order)."""
     import csv
 
+    from lr_jax.experiment.run_files import atomic_write
+
     columns = list(dict.fromkeys(k for row in summary for k in row))
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=columns)
-        w.writeheader()
-        w.writerows(summary)
+
+    def write(tmp):
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=columns)
+            w.writeheader()
+            w.writerows(summary)
+
+    atomic_write(Path(path), write)

@@ -1,0 +1,171 @@
+"""The paper's experiment (section 5): its categories of points, keys, data and saved runs.
+
+What the trainer, ``saved_runs``, ``scripts/bound.py`` and
+``scripts/tightness.py`` share: the four categories (:data:`CATEGORIES`), the
+run's keys split from its seed (:func:`run_keys`), the points a config yields
+(:func:`load_categories`, reading the data source), the data fingerprint
+recorded in ``data.json`` (:func:`data_record`), and a saved run read back
+(:func:`load_run`: its recorded config and the params of one checkpoint). The
+trainer imports this module, never the other way round.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import jax
+import numpy as np
+
+from lr_jax.experiment import checkpoints
+from lr_jax.experiment.config import per_class
+from lr_jax.experiment.datasets import Categories, make_categories
+from lr_jax.experiment.mnist_io import MnistSplits, load_mnist
+from lr_jax.experiment.run_files import RunFileError, read_yaml
+
+CATEGORIES = ("train", "test", "random1", "random2")
+CONFIG_FILE = "config.yaml"
+
+
+class RunKeys(NamedTuple):
+    """The keys of a run, all split from ``PRNGKey(seed)``: data selection and
+    random points, parameter init, minibatch order, and sampled bounds."""
+
+    data: jax.Array
+    init: jax.Array
+    train: jax.Array
+    bounds: jax.Array
+
+
+def run_keys(seed: int) -> RunKeys:
+    """:class:`RunKeys` of a run with this seed (the one root key of the run)."""
+    return RunKeys(*jax.random.split(jax.random.PRNGKey(seed), 4))
+
+
+def load_categories(data_cfg: Any, key: jax.Array) -> tuple[Categories, MnistSplits]:
+    """The four categories of a run's ``data`` config (reads the data source).
+
+    A source holding fewer digits of a class than asked for gives all it has
+    (``Categories.per_class_used`` says how many); a new run refuses that
+    (:func:`check_per_class_used`), a saved run is rebuilt as it was trained.
+    """
+    d = data_cfg
+    splits = load_mnist(d.source, data_dir=d.data_dir, download=d.download, idx_dir=d.dir, test_dir=d.test_dir)
+    cats = make_categories(
+        splits, key=key, digits=tuple(d.digits), per_class=per_class(d), n_random=d.n_random, scale=d.scale, pooling=d.pooling
+    )
+    return cats, splits
+
+
+def check_per_class_used(data_cfg: Any, cats: Categories, source: str) -> None:
+    """Raises ValueError when the data held fewer digits per class than the run asks for (a small custom IDX set)."""
+    n = per_class(data_cfg)
+    short = {split: used for split, used in cats.per_class_used.items() if min(used) < n}
+    if short:
+        raise ValueError(
+            f"invalid config data.per_class={n}: the {source} data holds only {short} digits "
+            f"per class of {list(data_cfg.digits)}; lower data.per_class."
+        )
+
+
+def category_points(cats: Categories) -> dict[str, jax.Array]:
+    """``{category: points [n, 36]}`` in :data:`CATEGORIES` order."""
+    return dict(zip(CATEGORIES, (cats.train_x, cats.test_x, cats.random1, cats.random2)))
+
+
+def category_labels(cats: Categories) -> dict[str, np.ndarray]:
+    """``{category: labels [n]}``: 0/1 for train and test, -1 for the random categories."""
+    return {
+        "train": np.asarray(cats.train_y, np.int64),
+        "test": np.asarray(cats.test_y, np.int64),
+        "random1": np.full(cats.random1.shape[0], -1, np.int64),
+        "random2": np.full(cats.random2.shape[0], -1, np.int64),
+    }
+
+
+def data_fingerprint(cats: Categories) -> str:
+    """SHA-256 of every category's points (float32 bytes): equal iff the points are equal."""
+    h = hashlib.sha256()
+    for name, x in category_points(cats).items():
+        h.update(name.encode())
+        h.update(np.ascontiguousarray(np.asarray(x, np.float32)).tobytes())
+    return h.hexdigest()
+
+
+def data_record(cats: Categories, splits: MnistSplits, digits) -> dict:
+    """The contents of ``data.json``: source, note, digits, chosen indices and the fingerprint."""
+    return {
+        "source": splits.source,
+        "note": splits.note,
+        "digits": [int(d) for d in digits],
+        "per_class_used": {k: list(v) for k, v in cats.per_class_used.items()},
+        "train_index": np.asarray(cats.train_index).tolist(),
+        "test_index": np.asarray(cats.test_index).tolist(),
+        "fingerprint": data_fingerprint(cats),
+    }
+
+
+class SavedRun(NamedTuple):
+    """A training run read back: its folder, recorded config, one checkpoint's params."""
+
+    run_dir: Path
+    config: Any  # OmegaConf DictConfig of the run's config.yaml
+    params: Any
+    epoch: int
+
+
+def run_config(run_dir: str | Path):
+    """The run's recorded ``config.yaml`` (written once when it started), as a DictConfig.
+
+    Runs made before ``config.yaml`` was recorded are read from Hydra's
+    ``.hydra/config.yaml``.
+
+    Raises:
+      RunFileError: the file is missing or damaged.
+    """
+    from omegaconf import OmegaConf
+
+    path = Path(run_dir) / CONFIG_FILE
+    if not path.exists() and (Path(run_dir) / ".hydra" / "config.yaml").exists():
+        path = Path(run_dir) / ".hydra" / "config.yaml"  # a run from before config.yaml was recorded
+    return OmegaConf.create(read_yaml(path, fix="the run's config is needed to rebuild its points; train the run again"))
+
+
+def load_run(run_dir: str | Path, epoch: int | None = None) -> SavedRun:
+    """A run's recorded config and the params of its checkpoint ``epoch`` (the latest if None).
+
+    Raises:
+      RunFileError: no checkpoint, an epoch without one, or a damaged file (one line).
+    """
+    run_dir = Path(run_dir).expanduser().absolute()
+    if run_dir.name == checkpoints.CHECKPOINTS:
+        run_dir = run_dir.parent
+    cfg = run_config(run_dir)
+    saved = checkpoints.saved_epochs(run_dir)
+    if not saved:
+        raise RunFileError(
+            f"{checkpoints.checkpoint_dir(run_dir)}: no checkpoint saved; the run ended before its first evaluation, "
+            "resume or train it again."
+        )
+    if epoch is None:
+        epoch = saved[-1]
+    elif epoch not in saved:
+        raise RunFileError(f"{checkpoints.checkpoint_dir(run_dir)}: no checkpoint of epoch={epoch}; saved epochs are {saved}.")
+    return SavedRun(run_dir, cfg, checkpoints.restore_params(run_dir, epoch), epoch)
+
+
+def run_points(run: SavedRun, categories=CATEGORIES):
+    """The run's points of ``categories`` rebuilt as during training.
+
+    Returns:
+      ``xs [N, d]`` (float32, categories in the given order) and per point
+      ``(category [N], point_index [N], label [N])``.
+    """
+    cats, _ = load_categories(run.config.data, run_keys(run.config.seed).data)
+    points, labels = category_points(cats), category_labels(cats)
+    xs = [np.asarray(points[c], np.float32) for c in categories]
+    names = [np.full(x.shape[0], c) for c, x in zip(categories, xs)]
+    index = [np.arange(x.shape[0]) for x in xs]
+    label = [labels[c] for c in categories]
+    return np.concatenate(xs), (np.concatenate(names), np.concatenate(index), np.concatenate(label))

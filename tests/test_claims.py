@@ -1,0 +1,50 @@
+"""The paper's claims checked on synthetic sweep rows with known trends."""
+
+from __future__ import annotations
+
+from lr_jax.experiment.claims import check_claims, claims_markdown
+from lr_jax.experiment.experiment import CATEGORIES
+
+EPOCHS = (0, 3, 6)
+
+
+def _rows(values):
+    """Two seeds of (lr 0.02, depth 2); mean C per (category, epoch) from ``values``."""
+    rows = []
+    for seed in (0, 1):
+        for cat in CATEGORIES:
+            for i, e in enumerate(EPOCHS):
+                c = values[cat][i]
+                rows.append({
+                    "lr": 0.02, "depth": 2, "seed": seed, "epoch": e, "category": cat,
+                    "mean_log2_bound": c, "mean_bound": 2.0**c, "mean_single_region_radius": 1.0 / (1 + c),
+                    "num_single_region": 10 * e,
+                })
+    return rows
+
+
+def test_claims_on_a_dip_then_rise():
+    values = {"train": (4.0, 2.0, 3.0), "test": (4.0, 2.0, 3.0), "random1": (2.0, 1.5, 1.8), "random2": (1.0, 1.0, 1.0)}
+    claims = check_claims(_rows(values))
+    c1 = {c["category"]: c for c in claims if c["claim"] == 1 and c["metric"] == "mean_log2_bound"}
+    assert c1["train"]["holds_on_mean"] and c1["train"]["argmin_epoch"] == 3 and c1["train"]["seeds_dip_then_rise"] == 2
+    assert c1["train"]["relative_dip"] == 0.5 and c1["train"]["end_epoch"] == 6
+    assert not c1["random2"]["holds_on_mean"]
+    c2 = {c["category"]: c for c in claims if c["claim"] == 2}
+    assert c2["train"]["holds_on_mean"] and c2["train"]["argmax_epoch"] == 3
+    c4 = {c["category"]: c for c in claims if c["claim"] == 4}
+    assert c4["random2"]["cells_train_above"] == 6 and c4["random2"]["train_minus_random_mean"] == 2.0
+    c5 = [c for c in claims if c["claim"] == 5]
+    assert all(c["spearman_with_epoch"] == 1.0 and c["end"] == 60 for c in c5)
+
+
+def test_markdown_names_the_actual_last_epoch():
+    md = claims_markdown(check_claims(_rows({c: (1.0, 0.5, 2.0) for c in CATEGORIES})))
+    assert "epoch 6" in md and "epoch 20" not in md
+    assert "| 0.02 | 2 | train | 1.00 | 0.50 (3) | 2.00 | 2/2 |" in md
+
+
+def test_missing_metrics_are_reported_not_checked():
+    claims = check_claims([{"lr": 0.02, "depth": 2, "seed": 0, "epoch": 0, "category": "train"}])
+    assert claims[0]["claim"] is None and "mean_bound" in claims[0]["skipped"]
+    assert claims_markdown(claims).startswith("Claims not checked")

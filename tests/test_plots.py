@@ -1,0 +1,29 @@
+"""Figures: a run's trajectories and the Figure 3 panels are drawn from rows and a summary."""
+
+from __future__ import annotations
+
+from lr_jax.experiment.experiment import CATEGORIES
+from lr_jax.experiment.plots import plot_figure3, plot_run
+from lr_jax.experiment.sweep import summarise
+
+
+def _rows(lr=0.02, depth=2, seeds=(0, 1)):
+    return [
+        {"lr": lr, "depth": depth, "seed": s, "epoch": e, "category": c, "mean_bound": 1.0 + e + s,
+         "mean_log2_bound": 0.5 * e, "num_single_region": e, "mean_single_region_radius": 0.1 * (e + 1)}
+        for s in seeds for e in (0, 2, 4) for c in CATEGORIES
+    ]
+
+
+def test_plot_run_writes_a_png(tmp_path):
+    plot_run(_rows(seeds=(0,)), tmp_path / "t.png", title="x")
+    data = (tmp_path / "t.png").read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+
+
+def test_plot_figure3_writes_every_panel(tmp_path):
+    summary = summarise(_rows(0.02) + _rows(0.001) + _rows(0.02, depth=3))
+    written = plot_figure3(summary, tmp_path)
+    names = sorted(p.name for p in written)
+    assert names == sorted(f"figure3{s}.{e}" for s in ("", "_radius", "_log2") for e in ("png", "pdf"))
+    assert all(p.stat().st_size > 5_000 for p in written)
