@@ -220,7 +220,8 @@ def _log2_region_bound(model: Model, unstable: list, dead: list, dtype):
         s, dd = unstable[t - 1], dead[t - 1]
         c_t = jnp.sum(s, dtype=jnp.int32)
         rk_z = jnp.minimum(d, sum(rank[src] for src in node.sources))
-        logs.append(_log2_binomial_prefix(c_t, rk_z, s.shape[-1], dtype))
+        # A layer splits a region into at least one piece: log2 >= 0 (logsumexp rounds below 0).
+        logs.append(jnp.maximum(_log2_binomial_prefix(c_t, rk_z, s.shape[-1], dtype), 0.0))
         alive = s.shape[-1] - jnp.sum(dd, dtype=jnp.int32)
         rank[t] = jnp.minimum(alive, rk_z)
     total = count_unstable(unstable)

@@ -16,8 +16,8 @@ import numpy as np
 from lr_jax import count_regions, local_bounds, sample_regions
 
 
-# The bounds come out of float32 kernels: the tight bound's log2 of a single region can be
-# -7e-7 rather than 0. A violation must exceed float32 rounding to count.
+# The bounds come out of float32 kernels (the tight bound's log2 of a sum of binomials
+# through logsumexp): a violation must exceed float32 rounding to count.
 _LOG2_TOL = 1e-5
 
 
