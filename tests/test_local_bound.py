@@ -37,7 +37,7 @@ def test_matches_line_by_line_reference_on_random_mlps():
     rng = np.random.default_rng(0)
     radii = np.array([0.0, 0.02, 0.1, 0.3, 0.8, 2.0])
     with jax.enable_x64(True):
-        for _ in range(12):  # each architecture compiles once: about a second each here
+        for _ in range(6):  # each architecture compiles once: about a second each here
             d, widths = random_architecture(rng)
             layers = random_mlp(rng, d, widths)
             xs = rng.normal(size=(3, d))
@@ -154,7 +154,7 @@ def _check_soundness(layers, x, r, rng, n_samples=400):
 def test_soundness_by_sampling_random_mlps():
     rng = np.random.default_rng(2)
     with jax.enable_x64(True):
-        for _ in range(6):
+        for _ in range(4):
             d, widths = random_architecture(rng)
             layers = random_mlp(rng, d, widths)
             x = rng.normal(size=d)
@@ -162,7 +162,7 @@ def test_soundness_by_sampling_random_mlps():
                 _check_soundness(layers, x, r, rng)
 
 
-@settings(max_examples=12, deadline=None, derandomize=True)
+@settings(max_examples=6, deadline=None, derandomize=True)
 @given(seed=st.integers(0, 2**31 - 1), r=st.floats(0.0, 2.0))
 def test_soundness_hypothesis(seed, r):
     rng = np.random.default_rng(seed)
@@ -178,7 +178,7 @@ def test_soundness_hypothesis(seed, r):
 def test_monotone_in_radius_and_zero_at_r0():
     rng = np.random.default_rng(3)
     radii = np.linspace(0.0, 3.0, 31)
-    for _ in range(6):
+    for _ in range(4):
         d, widths = random_architecture(rng)
         layers = random_mlp(rng, d, widths)
         xs = rng.normal(size=(5, d))
@@ -199,8 +199,8 @@ def _small_case(seed=4, n=4):
 def test_jit_and_eager_agree():
     layers, xs, radii = _small_case()
     jitted = local_bounds(layers, xs, radii)
-    with jax.disable_jit():
-        eager = local_bounds(layers, xs, radii)
+    with jax.disable_jit():  # one chunk: the eager path runs op by op
+        eager = local_bounds(layers, xs, radii, chunk_size=64)
     for name in ("num_unstable", "log2_bound", "unstable", "changed"):
         np.testing.assert_array_equal(np.asarray(getattr(jitted, name)), np.asarray(getattr(eager, name)))
     # U is a float32 sum whose order XLA may change under jit: a few ulps apart.
