@@ -116,9 +116,9 @@ def _relaxation(lo, hi, active, dead) -> _Relaxation:
     )
 
 
-def _sum_rows(a: jax.Array) -> jax.Array:
-    """``[m, ...] -> [m]``."""
-    return jnp.sum(a.reshape(a.shape[0], -1), axis=-1)
+def _rows_dot(rows: jax.Array, v: jax.Array) -> jax.Array:
+    """``sum_j rows[i, j] v[j]``: ``[m, ...] x [...] -> [m]``."""
+    return matmul(rows.reshape(rows.shape[0], -1), v.reshape(-1))
 
 
 def _backward_bounds(model: Model, relax: dict, offsets: dict, t: int, x, radius):
@@ -141,7 +141,7 @@ def _backward_bounds(model: Model, relax: dict, offsets: dict, t: int, x, radius
 
     def push(k: int, rows: jax.Array, const: jax.Array) -> jax.Array:
         layer = model.nodes[k - 1]
-        const = const + _sum_rows(rows * offsets[k])
+        const = const + _rows_dot(rows, offsets[k])
         for s, c in layer.backward(rows).items():
             coef[s] = coef[s] + c if s in coef else c
         return const
@@ -179,7 +179,21 @@ def _paper_intervals(preacts, paper: LayerResult):
     return preacts - spread, preacts + spread
 
 
-def _crown(model: Model, x, preacts: list, radius, paper: list):
+def input_norms(model: Model) -> dict:
+    """``||M_{0,t}[:, j]||`` for every layer that reads only the input (once per call).
+
+    Such a layer is affine in ``x``: ``A_j -+ r ||M_{0,t}[:, j]||`` are its exact
+    bounds on the ball, with no backward pass.
+    """
+    out = {}
+    for t, node in enumerate(model.nodes, start=1):
+        if node.sources == (0,):
+            m = node.transposed()[0]
+            out[t] = safe_norm(m.reshape(m.shape[0], -1))
+    return out
+
+
+def _crown(model: Model, x, preacts: list, radius, paper: list, norms: dict):
     """``S_tight`` and the certified-dead mask, flat ``[n_t]`` per layer."""
     offsets = {t: node.offset() for t, node in enumerate(model.nodes, start=1)}
     relax, unstable, dead = {}, [], []
@@ -187,7 +201,10 @@ def _crown(model: Model, x, preacts: list, radius, paper: list):
         a = preacts[t - 1].reshape(-1)
         p = jax.tree.map(lambda v: v.reshape(-1), paper[t - 1])
         paper_lo, paper_hi = _paper_intervals(a, p)
-        lo, hi = _backward_bounds(model, relax, offsets, t, x, radius)
+        if t in norms:  # affine in x: exact
+            lo, hi = a - radius * norms[t], a + radius * norms[t]
+        else:
+            lo, hi = _backward_bounds(model, relax, offsets, t, x, radius)
         lo, hi = jnp.maximum(lo, paper_lo), jnp.minimum(hi, paper_hi)
         active = (~p.unstable & (a > 0)) | (lo > 0)
         dead_t = (~p.unstable & (a < 0)) | (hi < 0)
@@ -228,7 +245,7 @@ def _log2_region_bound(model: Model, unstable: list, dead: list, dtype):
     return jnp.minimum(sum(logs), total.astype(dtype))
 
 
-def tight_pair(model: Model, x, preacts: list, paper: list, radius):
+def tight_pair(model: Model, x, preacts: list, paper: list, radius, norms: dict | None = None):
     """The tight bound for one centre and radius, given Algorithm 1's results for it.
 
     Returns:
@@ -236,7 +253,8 @@ def tight_pair(model: Model, x, preacts: list, paper: list, radius):
       each layer's shape; ``changed`` and ``deviation`` are the paper's.
     """
     x = x.reshape(-1)
-    unstable, dead = _crown(model, x, preacts, radius, paper)
+    norms = input_norms(model) if norms is None else norms
+    unstable, dead = _crown(model, x, preacts, radius, paper, norms)
     # never above the paper, also under rounding
     unstable = [u & p.unstable.reshape(-1) for u, p in zip(unstable, paper)]
     log2 = _log2_region_bound(model, unstable, dead, x.dtype)
@@ -260,7 +278,8 @@ def tight_points(model: Model, xs: jax.Array, radii: jax.Array):
         return jnp.repeat(a, r, axis=0)
 
     flat = jax.tree.map(lambda a: a.reshape((c * r,) + a.shape[2:]), paper)
-    out = jax.vmap(lambda x, pre, pap, rad: tight_pair(model, x, pre, pap, rad))(
+    norms = input_norms(model)
+    out = jax.vmap(lambda x, pre, pap, rad: tight_pair(model, x, pre, pap, rad, norms))(
         pairs(xs), jax.tree.map(pairs, preacts), flat, jnp.tile(radii, c)
     )
     return jax.tree.map(lambda a: a.reshape((c, r) + a.shape[1:]), out)
