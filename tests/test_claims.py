@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from lr_jax.experiment.claims import check_claims, claims_markdown
 from lr_jax.experiment.experiment import CATEGORIES
 
@@ -48,3 +50,29 @@ def test_missing_metrics_are_reported_not_checked():
     claims = check_claims([{"lr": 0.02, "depth": 2, "seed": 0, "epoch": 0, "category": "train"}])
     assert claims[0]["claim"] is None and "mean_bound" in claims[0]["skipped"]
     assert claims_markdown(claims).startswith("Claims not checked")
+
+
+def test_claim_intervals_on_known_trajectories():
+    """Planted effects are held with intervals; a category with none is not."""
+    from lr_jax.experiment.claims import claim_intervals, intervals_markdown
+
+    rng = np.random.default_rng(0)
+    epochs = range(0, 11, 2)
+    rows = []
+    for seed in range(8):
+        for e in epochs:
+            for cat, base in (("train", 3.0), ("test", 3.0), ("random1", 2.0), ("random2", 1.0)):
+                u = (e - 6) ** 2 / 36.0  # falls to epoch 6, rises after
+                c = base + (0.5 * u if cat in ("train", "test") else 0.0) + 0.02 * rng.normal()
+                rows.append({"lr": 0.02, "depth": 2, "seed": seed, "epoch": e, "category": cat,
+                             "mean_log2_bound": c, "mean_single_region_radius": 1.0 / c,
+                             "num_single_region": 10 + e + rng.normal()})
+    out = claim_intervals(rows)
+    held = {(r["claim"], r["test"], r["category"]): r["held"] for r in out}
+    assert held[(1, "drop to the minimum", "train")] and held[(1, "rise after the minimum", "train")]
+    assert not held[(1, "drop to the minimum", "random2")]  # flat: no effect
+    assert held[(4, "train minus random1", "train")]
+    assert held[(5, "growth, first to last epoch", "train")]
+    assert held[(3, "relative drop, train minus random2", "train")]
+    assert "| 1 | 0.02 | 2 | drop to the minimum | train |" in intervals_markdown(out, "t")
+    assert claim_intervals(rows, "exact_mean_log2_count") == []

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from lr_jax.experiment.experiment import CATEGORIES
 from lr_jax.experiment.plots import plot_figure3, plot_run
 from lr_jax.experiment.sweep import summarise
@@ -27,3 +29,18 @@ def test_plot_figure3_writes_every_panel(tmp_path):
     names = sorted(p.name for p in written)
     assert names == sorted(f"figure3{s}.{e}" for s in ("", "_radius", "_log2") for e in ("png", "pdf"))
     assert all(p.stat().st_size > 5_000 for p in written)
+
+
+def test_mean_bound_band_is_the_interquartile_range_not_a_std_band_crossing_zero():
+    from lr_jax.experiment.plots import _series
+    from lr_jax.experiment.sweep import summarise
+
+    # One seed in ten with a huge mean 2^C, as at depth 3: mean - std < 0, quartiles stay positive.
+    rows = [{"lr": 0.02, "depth": 3, "seed": s, "epoch": 0, "category": "train",
+             "mean_bound": 1e6 if s == 0 else 2.0 + s} for s in range(10)]
+    summary = summarise(rows)
+    _, centre, low, high = _series(summary, 0.02, 3, "train", "mean_bound", "iqr")
+    assert low[0] > 0 and low[0] <= centre[0] <= high[0]
+    assert centre[0] == np.median([r["mean_bound"] for r in rows])
+    _, mean, mlow, _ = _series(summary, 0.02, 3, "train", "mean_bound", "std")
+    assert mlow[0] < 0 < mean[0]  # the band the report no longer draws

@@ -25,6 +25,7 @@ from typing import Sequence
 
 import numpy as np
 
+from lr_jax.experiment import claim_statistics as cs
 from lr_jax.experiment.experiment import CATEGORIES
 
 
@@ -185,3 +186,70 @@ def _last_epoch_label(claims: Sequence[dict]) -> str:
     if len(ends) == 1:
         return f"epoch {ends[0]}"
     return "last epoch" if not ends else f"last epoch ({', '.join(map(str, ends))})"
+
+
+# ---------------------------------------------------------------------------
+# Verdicts with seed-level confidence intervals
+
+
+def _interval_row(setting: dict, claim: int, test: str, category: str, metric: str, e: cs.Estimate) -> dict:
+    return {**setting, "claim": claim, "test": test, "category": category, "metric": metric, **e._asdict()}
+
+
+def claim_intervals(rows: Sequence[dict], metric: str = "mean_log2_bound") -> list[dict]:
+    """Each claim as a per-seed statistic with a 95 % bootstrap interval (:mod:`claim_statistics`).
+
+    A claim holds for a (lr, depth) only when its interval excludes zero in
+    the claimed direction. ``metric`` is the local-complexity measure judged
+    in claims 1, 3 and 4: ``mean_log2_bound`` (mean ``C``), or a true count
+    such as ``exact_mean_log2_count`` when the rows carry one; claim 2 reads
+    ``mean_single_region_radius`` and claim 5 ``num_single_region``.
+
+    Returns:
+      One dict per (lr, depth, claim, test, category) with the
+      :class:`~lr_jax.experiment.claim_statistics.Estimate` fields; empty when
+      the rows lack ``metric``.
+    """
+    if not any(metric in r and r[metric] is not None for r in rows):
+        return []
+    out = []
+    for lr in sorted({r["lr"] for r in rows}, reverse=True):
+        for depth in sorted({r["depth"] for r in rows}):
+            setting = {"lr": lr, "depth": depth}
+
+            def traj(cat, m):
+                return _trajectories(rows, lr, depth, cat, m)[1]
+
+            for cat in CATEGORIES:
+                drop, rise = cs.dip_then_rise(traj(cat, metric))
+                out.append(_interval_row(setting, 1, "drop to the minimum", cat, metric, drop))
+                out.append(_interval_row(setting, 1, "rise after the minimum", cat, metric, rise))
+                if metric == "mean_log2_bound":
+                    up, down = cs.rise_then_dip(traj(cat, "mean_single_region_radius"))
+                    out.append(_interval_row(setting, 2, "rise to the maximum", cat, "mean_single_region_radius", up))
+                    out.append(_interval_row(setting, 2, "fall after the maximum", cat, "mean_single_region_radius", down))
+                    out.append(_interval_row(setting, 5, "growth, first to last epoch", cat, "num_single_region",
+                                             cs.growth(traj(cat, "num_single_region"))))
+            for clear in CATEGORIES[:2]:
+                for random in CATEGORIES[2:]:
+                    e = cs.clearer_trend(traj(clear, metric), traj(random, metric))
+                    out.append(_interval_row(setting, 3, f"relative drop, {clear} minus {random}", clear, metric, e))
+            for random in CATEGORIES[2:]:
+                e = cs.paired_difference(traj("train", metric), traj(random, metric))
+                out.append(_interval_row(setting, 4, f"train minus {random}", "train", metric, e))
+    return out
+
+
+def intervals_markdown(intervals: Sequence[dict], title: str) -> str:
+    """One table: every claim's test per (lr, depth), with its mean, 95 % interval and verdict."""
+    if not intervals:
+        return ""
+    head = ["claim", "lr", "depth", "test", "category", "metric", "mean over seeds [95 % CI]", "verdict"]
+    lines = [f"### {title}", "", "| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for r in sorted(intervals, key=lambda r: (r["claim"], -r["lr"], r["depth"])):
+        e = cs.Estimate(*(r[k] for k in cs.Estimate._fields))
+        ci = f"{e.mean:+.3g} [{e.low:.3g}, {e.high:.3g}]"
+        lines.append(f"| {r['claim']} | {r['lr']} | {r['depth']} | {r['test']} | {r['category']} | {r['metric']} | "
+                     f"{ci} | {'held' if e.held else 'not held'} ({e.n_seeds} seeds) |")
+    lines.append("")
+    return "\n".join(lines)

@@ -25,7 +25,7 @@ def plot_run(rows: Sequence[dict], path: str | Path, title: str = "") -> None:
         ("mean_log2_bound", "mean C (log2 of the bound)", False),
         ("mean_bound", "mean upper bound 2^C", True),
         ("num_single_region", "points with a single region (C = 0)", False),
-        ("mean_single_region_radius", "mean certified single-region radius", False),
+        ("mean_single_region_radius", "mean distance to the nearest region boundary", False),
     ]
     fig, axes = plt.subplots(1, 4, figsize=(18, 4))
     categories = list(dict.fromkeys(r["category"] for r in rows))
@@ -46,19 +46,27 @@ def plot_run(rows: Sequence[dict], path: str | Path, title: str = "") -> None:
     plt.close(fig)
 
 
-def _series(summary, lr, depth, category, metric):
+def _series(summary, lr, depth, category, metric, band: str):
+    """``(epochs, centre, low, high)``: mean +- std (``band="std"``) or median and quartiles (``"iqr"``)."""
+    if band == "iqr":
+        fields = ("q50", "q25", "q75")
+    else:
+        fields = ("mean", "std", "std")
     pts = sorted(
-        (r["epoch"], r[f"{metric}_mean"], r[f"{metric}_std"])
+        (r["epoch"], *(r.get(f"{metric}_{f}") for f in fields))
         for r in summary
-        if r["lr"] == lr and r["depth"] == depth and r["category"] == category and f"{metric}_mean" in r
+        if r["lr"] == lr and r["depth"] == depth and r["category"] == category and f"{metric}_{fields[0]}" in r
     )
     if not pts:
         return None
-    e, m, s = (list(v) for v in zip(*pts))
-    return e, m, s
+    e, c, a, b = (list(v) for v in zip(*pts))
+    if band != "iqr":  # mean -+ std
+        a = [m - s for m, s in zip(c, a)]
+        b = [m + s for m, s in zip(c, b)]
+    return e, c, a, b
 
 
-def _panel(ax, summary, lr, metric, ylabel, letter):
+def _panel(ax, summary, lr, metric, ylabel, letter, band: str = "std"):
     import numpy as np
 
     depths = sorted({r["depth"] for r in summary})
@@ -66,13 +74,13 @@ def _panel(ax, summary, lr, metric, ylabel, letter):
     values = []
     for di, depth in enumerate(depths):
         for cat, colour in CATEGORY_COLOURS.items():
-            series = _series(summary, lr, depth, cat, metric)
+            series = _series(summary, lr, depth, cat, metric, band)
             if series is None:
                 continue
-            e, m, s = (np.asarray(v, dtype=float) for v in series)
+            e, m, low, high = (np.asarray(v, dtype=float) for v in series)
             label = f"{cat}, depth {depth}" if len(depths) > 1 else cat
             ax.plot(e, m, styles[di % 4], marker="o", ms=3, color=colour, label=label)
-            ax.fill_between(e, m - s, m + s, color=colour, alpha=0.15, linewidth=0)
+            ax.fill_between(e, low, high, color=colour, alpha=0.15, linewidth=0)
             values.extend(m[m > 0])
     if values and max(values) / min(values) > 20:
         ax.set_yscale("log")
@@ -86,10 +94,12 @@ def plot_figure3(summary: Sequence[dict], out_dir: str | Path, stem: str = "figu
     """The paper's Figure 3 from a sweep summary, plus the single-region radius panels.
 
     Writes ``{stem}.png/.pdf``: (a) mean upper bound ``2^C`` vs epoch for the four
-    categories at lr 0.02, (b) number of points with a single region at lr 0.02,
-    (c), (d) the same at lr 0.001 (mean over seeds, shaded +- one standard
-    deviation, depth as line style); ``{stem}_radius.png/.pdf``: the mean
-    certified single-region radius at each learning rate; and
+    categories at lr 0.02 (median over seeds, shaded between the quartiles: the
+    mean of ``2^C`` is dominated by a few points and spans orders of magnitude,
+    where a +-1 std band would cross zero on the log axis), (b) number of
+    points with a single region at lr 0.02 (mean over seeds, shaded +- one
+    standard deviation), (c), (d) the same at lr 0.001 (depth as line style); ``{stem}_radius.png/.pdf``: the mean
+    distance to the nearest region boundary at each learning rate; and
     ``{stem}_log2.png/.pdf``: mean ``C`` (log2 of the bound).
 
     Returns:
@@ -110,14 +120,15 @@ def plot_figure3(summary: Sequence[dict], out_dir: str | Path, stem: str = "figu
     letters = iter("abcdefghij")
     axes = fig.subplots(len(lrs), 2, squeeze=False)
     for i, lr in enumerate(lrs):
-        _panel(axes[i, 0], summary, lr, "mean_bound", "mean upper bound of local regions (2^C)", next(letters))
+        _panel(axes[i, 0], summary, lr, "mean_bound", "mean upper bound of local regions (2^C), median over seeds",
+               next(letters), band="iqr")
         _panel(axes[i, 1], summary, lr, "num_single_region", "points with a single region (C = 0)", next(letters))
     axes[0, 0].legend(fontsize=8, ncol=2)
     fig.tight_layout()
     save(fig, stem)
 
     for metric, ylabel, suffix in (
-        ("mean_single_region_radius", "mean certified single-region radius", "radius"),
+        ("mean_single_region_radius", "mean distance to the nearest region boundary", "radius"),
         ("mean_log2_bound", "mean C = log2 of the bound", "log2"),
     ):
         fig, axes = plt.subplots(1, len(lrs), figsize=(6.5 * len(lrs), 4.5), squeeze=False)

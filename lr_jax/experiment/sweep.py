@@ -122,8 +122,10 @@ def summarise(rows: Sequence[dict]) -> list[dict]:
 
     Returns:
       One dict per (lr, depth, category, epoch), sorted, with ``<metric>_mean``,
-      ``<metric>_std`` and ``<metric>_n`` for every numeric metric (NaNs
-      ignored).
+      ``<metric>_std``, ``<metric>_n`` and the quartiles ``<metric>_q25``,
+      ``<metric>_q50``, ``<metric>_q75`` over seeds for every numeric metric
+      (NaNs ignored; quartiles suit metrics spanning orders of magnitude,
+      such as the mean of ``2^C``, where a +-1 std band crosses zero).
     """
     metrics = numeric_metrics(rows)
     groups: dict[tuple, list[dict]] = {}
@@ -139,6 +141,8 @@ def summarise(rows: Sequence[dict]) -> list[dict]:
             summary[f"{m}_mean"] = float(vals.mean()) if vals.size else math.nan
             summary[f"{m}_std"] = float(vals.std()) if vals.size else math.nan
             summary[f"{m}_n"] = int(vals.size)
+            for q in (25, 50, 75):
+                summary[f"{m}_q{q}"] = float(np.percentile(vals, q)) if vals.size else math.nan
         out.append(summary)
     return out
 
