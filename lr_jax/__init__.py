@@ -31,6 +31,25 @@ from lr_jax.networks.layers import layers_from_flax, layers_from_numpy, validate
 from lr_jax.networks.network_converters import network_from_equinox, network_from_linen, network_from_nnx
 from lr_jax.networks.tracing import Network, trace_network
 
+import sys as _sys
+
+from lr_jax.bounds import local_bound as _local_bound
+from lr_jax.bounds import sampled_regions as _sampled_regions
+from lr_jax.bounds import single_region_radius as _single_region_radius
+from lr_jax.bounds import tight_bound as _tight_bound
+from lr_jax.networks import layer_converters as _layer_converters
+from lr_jax.networks import layers as _layers
+
+# The modules' paths before the networks/bounds split still import (e.g.
+# ``import lr_jax.tight_bound``): aliases of the moved modules.
+for _name, _module in {
+    "local_bound": _local_bound, "tight_bound": _tight_bound, "single_region_radius": _single_region_radius,
+    "sampled_regions": _sampled_regions, "layers": _layers, "layer_converters": _layer_converters,
+}.items():
+    _sys.modules.setdefault(f"lr_jax.{_name}", _module)
+    if _name not in globals():  # local_bound and single_region_radius stay the functions
+        globals()[_name] = _module
+
 _LAZY = {"count_regions": "lr_jax.bounds.exact_count", "RegionCount": "lr_jax.bounds.exact_count"}
 
 
