@@ -283,7 +283,7 @@ def _classifier_arrays(apply_fn, params, x, y) -> tuple[jax.Array, jax.Array]:
     return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), jnp.mean(jnp.argmax(logits, -1) == y)
 
 
-def make_stacked_eval_fn(apply_fn, bound_cfg):
+def make_stacked_eval_fn(apply_fn, bound_cfg, names=CATEGORIES):
     """The device part of an evaluation of K stacked seeds, as one jitted program (vmap over seeds).
 
     Returns:
@@ -293,6 +293,8 @@ def make_stacked_eval_fn(apply_fn, bound_cfg):
     """
 
     def one_seed(params, points, key, train_x, train_y, test_x, test_y):
+        # jit hands dicts over with sorted keys: concatenate the categories in the run's order, as a single run does.
+        points = {n: points[n] for n in names}
         arrays = device_bounds(layers_from_flax(params), points, bound_cfg, key)
         return arrays, (*_classifier_arrays(apply_fn, params, train_x, train_y), *_classifier_arrays(apply_fn, params, test_x, test_y))
 
@@ -532,7 +534,7 @@ def setup_run(cfg, workdir: Path, start: int | None) -> Run:
     log.info("data: %s (%s); %s", record["source"], record["note"], {k: tuple(v.shape) for k, v in points.items()})
     _check_data(workdir, record, resuming=start is not None)
     epoch_fn = make_epoch_fn(cats.train_x.shape[-2], cfg.optim.batch_size, *((True,) if stacked else ()))
-    eval_fn = make_stacked_eval_fn(state.apply_fn, cfg.bound) if stacked else None
+    eval_fn = make_stacked_eval_fn(state.apply_fn, cfg.bound, tuple(points)) if stacked else None
     rows, per_point = [], {}
     if start is not None:
         write_json(workdir / STATUS, {"status": "running", "epoch": start})
