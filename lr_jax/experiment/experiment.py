@@ -219,6 +219,25 @@ def load_run(run_dir: str | Path, epoch: int | None = None) -> SavedRun:
     return SavedRun(run_dir, cfg, checkpoints.restore_params(run_dir, epoch), epoch)
 
 
+def seed_runs(run: SavedRun) -> list[SavedRun]:
+    """A saved run as per-seed runs: itself for one seed, K runs for a stacked one.
+
+    Seed ``s`` of a stack gets its own params (row ``i`` of the stacked
+    checkpoint) and a config with ``seed=s, seeds=1``: exactly the config of a
+    separate run of that seed, so :func:`run_points` rebuilds its own points.
+    """
+    from omegaconf import OmegaConf
+
+    seeds = run_seeds(run.config)
+    if len(seeds) == 1:
+        return [run]
+    out = []
+    for s, params in zip(seeds, unstack_tree(run.params, len(seeds))):
+        cfg = OmegaConf.merge(run.config, {"seed": s, "seeds": 1})
+        out.append(SavedRun(run.run_dir, cfg, params, run.epoch))
+    return out
+
+
 def run_points(run: SavedRun, categories=CATEGORIES):
     """The run's points of ``categories`` rebuilt as during training.
 
