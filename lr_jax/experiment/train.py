@@ -421,6 +421,7 @@ def check_resume(cfg, workdir: Path) -> int | None:
     if not recorded_path.exists():
         raise config_lib.ConfigError(f"invalid config resume=true: {workdir} holds no run to resume; start it without resume=true.")
     recorded = read_yaml(recorded_path, what="recorded config")
+    recorded.setdefault("seeds", 1)  # a run recorded before `seeds` existed trained one seed
     current = _resolved(cfg)
     lost = sorted(set(config_lib.flat_keys(current)) - set(config_lib.flat_keys(recorded)))
     if lost:
