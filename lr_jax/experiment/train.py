@@ -31,6 +31,17 @@ A run directory holds (the contract the sweep and the plots read):
   final check of every expected row and file;
 * ``run.lock`` while a process writes the run; ``trajectories.png``,
   ``timing.json``, and with ``logger=tensorboard`` event files in ``tensorboard/``.
+
+With ``seeds=K`` (K > 1) the run trains seeds ``seed .. seed+K-1`` together as
+one program: the train state is stacked on a leading seed axis and
+``jax.vmap`` runs each epoch and every device bound over it (the exact
+counter, host NumPy, loops over the seeds). Each seed has exactly the keys,
+points, initialisation and batch order of a separate run with that seed. The
+files hold every seed: ``metrics.jsonl`` rows gain a ``seed`` field,
+``bounds.npz`` per-point arrays are ``[K, E, n]`` with ``seeds`` ``[K]``,
+``data.json`` lists each seed's indices and fingerprint under ``per_seed``,
+checkpoints hold the stacked state. ``seeds=1`` writes the files of a single
+run (no seed field, no seed axis).
 """
 
 from __future__ import annotations
