@@ -175,3 +175,24 @@ def test_killed_stacked_run_resumes_to_identical_files(tmp_path, stacked_run, fa
     train_and_evaluate(compose_train(STACKED + ["resume=true"]), run_dir)
     for name in CONTRACT:
         assert (run_dir / name).read_bytes() == (stacked_run / name).read_bytes(), name
+
+
+@pytest.mark.slow
+def test_every_bound_method_of_a_stacked_seed_is_that_of_its_separate_run(tmp_path):
+    # Epoch 0: each seed's params and points are those of its separate run, so the tight bound, the
+    # sampled count (vmapped keys) and the exact count (host loop over seeds) must be identical.
+    methods = TINY + ["bound=sandwich", "bound.exact_points=3", "bound.num_samples=64", "bound.num_chords=4", "epochs=2", "plot=false"]
+    train_and_evaluate(compose_train(methods + ["seeds=2"]), tmp_path / "stack")
+    train_and_evaluate(compose_train(methods + ["seed=1"]), tmp_path / "alone")
+    with np.load(tmp_path / "stack" / "bounds.npz") as z, np.load(tmp_path / "alone" / "bounds.npz") as a:
+        for c in CATEGORIES:
+            for field in ("tight_log2_bound", "sampled_count", "exact_count"):
+                np.testing.assert_array_equal(z[f"{c}_{field}"][1, 0], a[f"{c}_{field}"][0])
+    rows = [r for r in read_metrics(tmp_path / "stack" / "metrics.jsonl") if r["seed"] == 1 and r["epoch"] == 0]
+    alone = read_metrics(tmp_path / "alone" / "metrics.jsonl")
+    for r in rows:
+        a = next(x for x in alone if x["epoch"] == 0 and x["category"] == r["category"])
+        # Bound summaries identical; the losses are a mean computed inside the vmapped program (reassociation).
+        losses = ("train_loss", "test_loss")
+        assert {k: v for k, v in r.items() if k not in ("seed", *losses)} == {k: v for k, v in a.items() if k not in losses}
+        assert [r[k] for k in losses] == pytest.approx([a[k] for k in losses], abs=1e-5)
