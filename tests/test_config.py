@@ -32,6 +32,7 @@ def test_defaults_match_the_paper():
         ("depth=2", "model.depth", 2),
         ("width=64", "model.width", 64),
         ("seed=7", "seed", 7),
+        ("seeds=10", "seeds", 10),
         ("optim=adam", "optim.name", "adam"),
         ("bound=sandwich", "bound.methods", ["paper", "tight", "sampled", "exact"]),
         ("data.source=tfds", "data.source", "tfds"),
@@ -75,6 +76,8 @@ def test_unknown_key_and_wrong_type_are_rejected():
         ("data.per_class=100000", "between 1 and 250"),
         ("data.n_random=0", "data.n_random"),
         ("logger=wandb", "logger"),
+        ("seeds=0", "seeds=0"),
+        ("seeds=-2", "seeds=-2"),
     ],
 )
 def test_bad_values_raise_config_error(override, match):
@@ -166,6 +169,14 @@ def test_experiment_figure3_composes_without_plus():
     cfg = compose_train(["experiment=figure3"])
     assert cfg.plot is False
     validate(cfg)
+
+
+def test_seeds_default_lives_in_the_schema_and_figure3_stacks_ten():
+    assert TrainConfig().seeds == 1 and compose_train().seeds == 1
+    raw = yaml.safe_load((CONFIG_DIR / "experiment" / "figure3.yaml").read_text())
+    # 2 lr x 2 depths, each job the 10 seeds 0..9 trained together.
+    assert raw["seeds"] == 10 and set(raw["hydra"]["sweeper"]["params"]) == {"lr", "depth"}
+    assert compose_train(["experiment=figure3"]).seeds == 10
 
 
 def test_per_class_limit_follows_the_source(tmp_path):

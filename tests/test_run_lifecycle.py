@@ -192,6 +192,21 @@ def _event_tags(log_dir):
     return tags
 
 
+def test_run_recorded_before_seeds_existed_resumes(tmp_path, interrupted, reference):
+    import yaml
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(interrupted, run_dir)
+    cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+    del cfg["seeds"]  # config.yaml as written before seeds=K existed: one seed
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg))
+    train_and_evaluate(compose_train(TINY + ["resume=true"]), run_dir)
+    for name in ("metrics.jsonl", "bounds.npz"):
+        assert (run_dir / name).read_bytes() == (reference / name).read_bytes()
+    with pytest.raises(ConfigError, match=r"settings differ .*\bseeds: 1 -> 2"):
+        train_and_evaluate(compose_train(TINY + ["resume=true", "seeds=2"]), interrupted)
+
+
 def test_resume_refuses_records_missing_an_evaluation(tmp_path, interrupted):
     run_dir = tmp_path / "run"
     shutil.copytree(interrupted, run_dir)

@@ -36,6 +36,50 @@ def _write_job(root, lr, depth, seed, status="complete", value=0.0):
     (job / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
+def _write_stacked_job(root, lr, depth, seed, seeds, status="complete"):
+    """A job of ``seeds`` seeds trained together: one folder, rows with a seed field."""
+    job = root / f"lr{lr}_depth{depth}_seed{seed}_seeds{seeds}"
+    (job / ".hydra").mkdir(parents=True)
+    (job / "config.yaml").write_text(yaml.safe_dump({"lr": lr, "depth": depth, "seed": seed, "seeds": seeds}))
+    (job / ".hydra" / "config.yaml").write_text((job / "config.yaml").read_text())
+    (job / "status.json").write_text(json.dumps({"status": status}))
+    rows = [
+        {"epoch": e, "seed": s, "category": c, "mean_log2_bound": 10.0 * s + e, "num_single_region": s}
+        for e in (0, 2)
+        for s in range(seed, seed + seeds)
+        for c in CATS
+    ]
+    (job / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_collector_reads_a_stacked_job_as_its_seeds(tmp_path):
+    _write_stacked_job(tmp_path, 0.02, 2, 0, 3)
+    _write_stacked_job(tmp_path, 0.02, 3, 0, 3, status="running")
+    (tmp_path / "multirun.yaml").write_text(yaml.safe_dump(
+        {"seed": 0, "seeds": 3, "hydra": {"sweeper": {"params": {"lr": "0.02", "depth": "2,3,4"}}, "overrides": {"task": []}}}
+    ))
+    runs = collect_runs(tmp_path)
+    assert runs.complete == [(0.02, 2, 0), (0.02, 2, 1), (0.02, 2, 2)]
+    # The unfinished stack is three missing seeds; depth 4 is in the grid but has no folder.
+    missing = sorted((m["depth"], m["seed"], m["reason"]) for m in runs.missing)
+    assert missing == [(3, s, "running") for s in range(3)] + [(4, s, "no job folder") for s in range(3)]
+    assert sorted({(r["seed"], r["lr"], r["depth"]) for r in runs.rows}) == [(s, 0.02, 2) for s in range(3)]
+    row = next(r for r in summarise(runs.rows) if r["epoch"] == 2 and r["category"] == "train")
+    # mean_log2_bound is 10 * seed + epoch: seeds 0, 1, 2 at epoch 2 -> 2, 12, 22.
+    assert row["mean_log2_bound_n"] == 3 and row["mean_log2_bound_mean"] == 12.0
+    assert row["num_single_region_mean"] == 1.0
+
+
+def test_stacked_job_without_its_seeds_is_named(tmp_path):
+    from lr_jax.experiment.run_files import RunFileError
+
+    _write_stacked_job(tmp_path, 0.02, 2, 0, 3)
+    metrics = tmp_path / "lr0.02_depth2_seed0_seeds3" / "metrics.jsonl"
+    metrics.write_text("".join(line + "\n" for line in metrics.read_text().splitlines() if '"seed": 2' not in line))
+    with pytest.raises(RunFileError, match=r"rows hold seeds \[0, 1\], not the job's seeds \[0, 1, 2\]"):
+        collect_runs(tmp_path)
+
+
 @pytest.fixture
 def synthetic_multirun(tmp_path):
     # Seeds 0, 1, 2 for (0.02, 2); seed 2 unfinished; seed 3 expected by the grid but absent.
@@ -159,6 +203,8 @@ def test_damaged_job_file_is_named(synthetic_multirun):
 def test_figure3_experiment_runs_without_plus(tmp_path):
     sweep = tmp_path / "multirun"
     # The figure3 sweep cut to one job: its launcher, its sweep parameters, the TINY net.
-    _tiny_multirun(sweep, "experiment=figure3", "hydra.sweeper.params.lr=0.02", "hydra.sweeper.params.seed=0", "hydra.sweeper.params.depth=2")
+    _tiny_multirun(sweep, "experiment=figure3", "hydra.sweeper.params.lr=0.02", "hydra.sweeper.params.depth=2", "seeds=2")
     runs = collect_runs(sweep)
-    assert runs.complete == [(0.02, 2, 0)] and not runs.missing
+    # One job of two stacked seeds: the collector sees seeds 0 and 1.
+    assert runs.complete == [(0.02, 2, 0), (0.02, 2, 1)] and not runs.missing
+    assert {r["seed"] for r in runs.rows} == {0, 1}

@@ -5,8 +5,8 @@ The dataclasses below are registered in Hydra's ConfigStore (``train_schema``,
 and ``configs/bound.yaml``; the YAML group files (``configs/data/mnist.yaml``,
 ``configs/optim/adam.yaml``, ...) hold only what differs from these defaults.
 
-The short top-level keys ``lr``, ``depth``, ``width``, ``seed`` and ``epochs``
-are the only way to set those values: the groups interpolate them
+The short top-level keys ``lr``, ``depth``, ``width``, ``seed``, ``seeds`` and
+``epochs`` are the only way to set those values: the groups interpolate them
 (``optim.lr: ${lr}``), and :func:`validate` refuses a run whose group value
 (e.g. ``optim.lr=0.5``) disagrees with its alias.
 
@@ -123,6 +123,9 @@ class TrainConfig:
     depth: int = 3
     width: int = 32
     seed: int = 0
+    # Seeds seed .. seed+seeds-1 trained together as one program (stacked params, vmap over seeds);
+    # 1: a single run, with the files of a single seed (no seed field or axis).
+    seeds: int = 1
     epochs: int = 20
     resume: bool = False  # continue the run in hydra.run.dir
     plot: bool = True  # write trajectories.png
@@ -224,6 +227,8 @@ def validate(cfg: Any) -> None:
         _fail("optim.momentum", cfg.optim.momentum, "must be in [0, 1).")
     if cfg.optim.batch_size < 1:
         _fail("optim.batch_size", cfg.optim.batch_size, "must be >= 1.")
+    if cfg.seeds < 1:
+        _fail("seeds", cfg.seeds, "the number of seeds trained together must be >= 1 (seeds=1: one seed).")
     if cfg.epochs < 0:
         _fail("epochs", cfg.epochs, "must be >= 0.")
     if cfg.logger not in LOGGERS:

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from lr_jax.experiment import checkpoints
@@ -43,6 +44,32 @@ def run_keys(seed: int) -> RunKeys:
     return RunKeys(*jax.random.split(jax.random.PRNGKey(seed), 4))
 
 
+def run_seeds(cfg: Any) -> tuple[int, ...]:
+    """The seeds of a run: ``seed .. seed+seeds-1`` (runs recorded before ``seeds`` existed hold one)."""
+    k = getattr(cfg, "seeds", None)
+    return tuple(range(int(cfg.seed), int(cfg.seed) + int(1 if k is None else k)))
+
+
+def is_stacked(cfg: Any) -> bool:
+    """True for a run of several seeds trained together (files with a seed field and axis)."""
+    return len(run_seeds(cfg)) > 1
+
+
+def stack_trees(trees: Sequence[Any]) -> Any:
+    """Pytrees of one structure stacked leaf by leaf on a new leading (seed) axis."""
+    return jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees)
+
+
+def unstack_tree(tree: Any, num: int) -> list:
+    """The ``num`` pytrees of a tree stacked on its leading axis (inverse of :func:`stack_trees`)."""
+    return [jax.tree.map(lambda leaf: leaf[i], tree) for i in range(num)]
+
+
+def stacked_run_keys(seeds: Sequence[int]) -> RunKeys:
+    """:class:`RunKeys` of every seed stacked: each field ``[K, 2]``, row ``i`` that of ``run_keys(seeds[i])``."""
+    return stack_trees([run_keys(s) for s in seeds])
+
+
 def load_categories(data_cfg: Any, key: jax.Array) -> tuple[Categories, MnistSplits]:
     """The four categories of a run's ``data`` config (reads the data source).
 
@@ -52,10 +79,26 @@ def load_categories(data_cfg: Any, key: jax.Array) -> tuple[Categories, MnistSpl
     """
     d = data_cfg
     splits = load_mnist(d.source, data_dir=d.data_dir, download=d.download, idx_dir=d.dir, test_dir=d.test_dir)
-    cats = make_categories(
+    return categories_from_splits(data_cfg, splits, key), splits
+
+
+def categories_from_splits(data_cfg: Any, splits: MnistSplits, key: jax.Array) -> Categories:
+    """The four categories of a run's ``data`` config from splits already read (pure)."""
+    d = data_cfg
+    return make_categories(
         splits, key=key, digits=tuple(d.digits), per_class=per_class(d), n_random=d.n_random, scale=d.scale, pooling=d.pooling
     )
-    return cats, splits
+
+
+def stack_categories(cats: Sequence[Categories]) -> Categories:
+    """Categories of several seeds stacked on a leading seed axis (all of one size).
+
+    ``per_class_used`` is the first seed's: every seed takes the same number
+    per class from the same source (each is checked on its own).
+    """
+    arrays = [jnp.stack([getattr(c, f) for c in cats]) for f in Categories._fields[:6]]
+    index = [np.stack([getattr(c, f) for c in cats]) for f in ("train_index", "test_index")]
+    return Categories(*arrays, *index, cats[0].per_class_used)
 
 
 def check_per_class_used(data_cfg: Any, cats: Categories, source: str) -> None:
@@ -106,6 +149,27 @@ def data_record(cats: Categories, splits: MnistSplits, digits) -> dict:
     }
 
 
+def stacked_data_record(cats: Sequence[Categories], splits: MnistSplits, digits, seeds: Sequence[int]) -> dict:
+    """``data.json`` of a stacked run: the source once, then each seed's indices and fingerprint.
+
+    The top-level ``fingerprint`` hashes the per-seed ones in seed order, so a
+    resume compares every seed's points at once.
+    """
+    per_seed = []
+    for s, c in zip(seeds, cats):
+        record = data_record(c, splits, digits)
+        per_seed.append({"seed": int(s), **{k: record[k] for k in ("per_class_used", "train_index", "test_index", "fingerprint")}})
+    combined = hashlib.sha256("".join(r["fingerprint"] for r in per_seed).encode()).hexdigest()
+    return {
+        "source": splits.source,
+        "note": splits.note,
+        "digits": [int(d) for d in digits],
+        "seeds": [int(s) for s in seeds],
+        "fingerprint": combined,
+        "per_seed": per_seed,
+    }
+
+
 class SavedRun(NamedTuple):
     """A training run read back: its folder, recorded config, one checkpoint's params."""
 
@@ -153,6 +217,25 @@ def load_run(run_dir: str | Path, epoch: int | None = None) -> SavedRun:
     elif epoch not in saved:
         raise RunFileError(f"{checkpoints.checkpoint_dir(run_dir)}: no checkpoint of epoch={epoch}; saved epochs are {saved}.")
     return SavedRun(run_dir, cfg, checkpoints.restore_params(run_dir, epoch), epoch)
+
+
+def seed_runs(run: SavedRun) -> list[SavedRun]:
+    """A saved run as per-seed runs: itself for one seed, K runs for a stacked one.
+
+    Seed ``s`` of a stack gets its own params (row ``i`` of the stacked
+    checkpoint) and a config with ``seed=s, seeds=1``: exactly the config of a
+    separate run of that seed, so :func:`run_points` rebuilds its own points.
+    """
+    from omegaconf import OmegaConf
+
+    seeds = run_seeds(run.config)
+    if len(seeds) == 1:
+        return [run]
+    out = []
+    for s, params in zip(seeds, unstack_tree(run.params, len(seeds))):
+        cfg = OmegaConf.merge(run.config, {"seed": s, "seeds": 1})
+        out.append(SavedRun(run.run_dir, cfg, params, run.epoch))
+    return out
 
 
 def run_points(run: SavedRun, categories=CATEGORIES):

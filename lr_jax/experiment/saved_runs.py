@@ -5,7 +5,10 @@ A run's points come back from its recorded config
 seed, hence the same points as during training); :func:`evaluate_points`
 evaluates Algorithm 1 at any radii and the certified single-region radius
 around them with the public bound API, and :func:`write_csv` writes the
-per-point table. Used by ``scripts/bound.py``.
+per-point table. Used by ``scripts/bound.py``. A run of several seeds trained
+together (``seeds=K``) is read as its K per-seed runs
+(:func:`lr_jax.experiment.experiment.seed_runs`): the table gains a ``seed``
+column, first.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import numpy as np
 
 import lr_jax
 from lr_jax.experiment.bound_summary import summarise_category
-from lr_jax.experiment.experiment import load_run, run_points
+from lr_jax.experiment.experiment import load_run, run_points, seed_runs
 from lr_jax.experiment.run_files import atomic_write
 from lr_jax.networks.layers import hidden_widths
 
@@ -28,6 +31,7 @@ log = logging.getLogger(__name__)
 
 CSV_COLUMNS = ("point_index", "category", "label", "radius", "num_unstable", "log2_bound", "single_region_radius")
 TIGHT_COLUMN = "tight_log2_bound"
+SEED_COLUMN = "seed"  # first column, only for a run of several seeds
 
 
 class PointTable(NamedTuple):
@@ -42,6 +46,8 @@ class PointTable(NamedTuple):
       single_region_radius: ``[N]`` certified single-region radius.
       tight_log2_bound: ``[N, R]`` log2 of the tight bound, or None when not
         requested.
+      seed: ``[N]`` seed of each point's network (a run of several seeds), or
+        None (one seed).
     """
 
     category: np.ndarray
@@ -51,6 +57,7 @@ class PointTable(NamedTuple):
     log2_bound: np.ndarray
     single_region_radius: np.ndarray
     tight_log2_bound: np.ndarray | None = None
+    seed: np.ndarray | None = None
 
 
 class _NoProgress:
@@ -117,26 +124,40 @@ def evaluate_run(job, progress=None) -> RunBounds:
       RunFileError: a missing or damaged run file (one line).
     """
     saved = load_run(job.run_dir, job.epoch)
+    runs = seed_runs(saved)
+    tables = [_seed_table(run, job, progress) for run in runs]
+    if len(runs) == 1:
+        table = tables[0]
+    else:  # one table over the seeds, each point tagged with its seed
+        seeds = [np.full(t.category.shape[0], run.config.seed) for run, t in zip(runs, tables)]
+        fields = {f: None if getattr(tables[0], f) is None else np.concatenate([getattr(t, f) for t in tables]) for f in PointTable._fields}
+        table = PointTable(**{**fields, "seed": np.concatenate(seeds)})
+    out = job.out or saved.run_dir / f"bounds_{saved.epoch}.csv"
+    return RunBounds(table, saved.epoch, out)
+
+
+def _seed_table(saved, job, progress) -> PointTable:
+    """The table of one seed's network around that seed's points."""
     layers = lr_jax.layers_from_flax(saved.params)
     b = saved.config.bound
     r_max = b.r_max if job.r_max is None else job.r_max
     num_grid = b.num_grid if job.num_grid is None else job.num_grid
     num_bisect = b.num_bisect if job.num_bisect is None else job.num_bisect
-    log.info("run %s, epoch %d, hidden widths %s", saved.run_dir, saved.epoch, hidden_widths(layers))
+    log.info("run %s, seed %d, epoch %d, hidden widths %s", saved.run_dir, saved.config.seed, saved.epoch, hidden_widths(layers))
     xs, (names, index, label) = run_points(saved, job.categories)
     log.info("%d points x %d radii; single-region search up to r_max=%g", xs.shape[0], len(job.radii), r_max)
     c, l2, srr, tight = evaluate_points(
         layers, xs, job.radii, r_max=r_max, num_grid=num_grid, num_bisect=num_bisect,
         chunk_size=job.chunk_size, tight=job.tight, progress=progress,
     )
-    out = job.out or saved.run_dir / f"bounds_{saved.epoch}.csv"
-    return RunBounds(PointTable(names, index, label, c, l2, srr, tight), saved.epoch, out)
+    return PointTable(names, index, label, c, l2, srr, tight)
 
 
 def write_csv(path: Path, table: PointTable, radii: Sequence[float]) -> None:
     """One row per (point, radius); written to ``path.tmp`` then renamed.
 
-    Columns: :data:`CSV_COLUMNS`, plus ``tight_log2_bound`` when the table has it.
+    Columns: :data:`CSV_COLUMNS`, plus ``tight_log2_bound`` when the table has it,
+    after a first ``seed`` column when it has seeds.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, lambda tmp: _write_rows(tmp, table, radii))
@@ -145,8 +166,9 @@ def write_csv(path: Path, table: PointTable, radii: Sequence[float]) -> None:
 def _write_rows(tmp: Path, table: PointTable, radii: Sequence[float]) -> None:
     with open(tmp, "w", newline="") as f:
         w = csv.writer(f)
-        tight = table.tight_log2_bound
-        w.writerow(CSV_COLUMNS + ((TIGHT_COLUMN,) if tight is not None else ()))
+        tight, seed = table.tight_log2_bound, table.seed
+        seed_col = (SEED_COLUMN,) if seed is not None else ()
+        w.writerow(seed_col + CSV_COLUMNS + ((TIGHT_COLUMN,) if tight is not None else ()))
         for i in range(table.category.shape[0]):
             for k, r in enumerate(radii):
                 row = (
@@ -158,7 +180,8 @@ def _write_rows(tmp: Path, table: PointTable, radii: Sequence[float]) -> None:
                     f"{table.log2_bound[i, k]:.9g}",
                     f"{table.single_region_radius[i]:.9g}",
                 )
-                w.writerow(row + ((f"{tight[i, k]:.9g}",) if tight is not None else ()))
+                head = (int(seed[i]),) if seed is not None else ()
+                w.writerow(head + row + ((f"{tight[i, k]:.9g}",) if tight is not None else ()))
 
 
 def summary_lines(table: PointTable, radii, categories) -> list[str]:

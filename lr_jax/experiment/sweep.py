@@ -4,6 +4,10 @@
 ``metrics.jsonl`` (I/O); :func:`summarise` reduces the rows over seeds to a mean,
 standard deviation and count per (lr, depth, category, epoch) and metric (pure).
 Jobs that are absent, unfinished or failed are reported, never silently dropped.
+
+A job of several seeds trained together (``seeds=K``) is read as the K
+per-seed jobs ``seed .. seed+K-1``: its rows carry their own ``seed`` field,
+each seed is listed complete or missing on its own.
 """
 
 from __future__ import annotations
@@ -39,21 +43,32 @@ class SweepRuns(NamedTuple):
     missing: list
 
 
-def _expected_jobs(multirun_dir: Path) -> list[tuple] | None:
-    """(lr, depth, seed) grid from the sweep's ``multirun.yaml``, if it can be read."""
+def job_seeds(cfg: dict) -> list[int]:
+    """The seeds of a job's config: ``seed .. seed+seeds-1`` (``seeds`` absent in older runs: one)."""
+    return list(range(int(cfg["seed"]), int(cfg["seed"]) + int(cfg.get("seeds") or 1)))
+
+
+def _expected_jobs(multirun_dir: Path, fix: str) -> list[tuple] | None:
+    """(lr, depth, seed) grid from the sweep's ``multirun.yaml``, if it can be read.
+
+    A value not swept is the sweep's own (``seed``, ``seeds``); every job of
+    ``seeds=K`` stands for its K seeds.
+    """
     path = multirun_dir / "multirun.yaml"
     if not path.exists():
         return None
-    cfg = yaml.safe_load(path.read_text())
+    cfg = read_yaml(path, what="sweep config", fix=fix)
     params = ((cfg.get("hydra") or {}).get("sweeper") or {}).get("params") or {}
     overrides = ((cfg.get("hydra") or {}).get("overrides") or {}).get("task") or []
-    values = {k: _parse_values(str(v)) for k, v in params.items()}
+    values = {k: [cfg[k]] for k in ("seed", "seeds") if isinstance(cfg.get(k), int)}
+    values.update({k: _parse_values(str(v)) for k, v in params.items()})
     for o in overrides:
         key, _, value = o.partition("=")
         values[key.lstrip("+")] = _parse_values(value)
     if not all(k in values for k in JOB_KEYS):
         return None
-    return list(itertools.product(*(values[k] for k in JOB_KEYS)))
+    grid = itertools.product(values["lr"], values["depth"], values["seed"], values.get("seeds", [1]))
+    return [(lr, depth, s) for lr, depth, seed, k in grid for s in job_seeds({"seed": seed, "seeds": k})]
 
 
 def _parse_values(text: str) -> list:
@@ -87,22 +102,38 @@ def collect_runs(multirun_dir: str | Path) -> SweepRuns:
         cfg_path = recorded if recorded.exists() else job_dir / ".hydra" / "config.yaml"
         cfg = read_yaml(cfg_path, what="job config", fix=fix)
         # The top-level aliases hold the values; the groups only interpolate them.
-        key = (float(cfg["lr"]), int(cfg["depth"]), int(cfg["seed"]))
-        seen.add(key)
+        lr, depth, seeds = float(cfg["lr"]), int(cfg["depth"]), job_seeds(cfg)
+        keys = [(lr, depth, s) for s in seeds]
+        seen.update(keys)
         status_path = job_dir / "status.json"
         status = read_json(status_path, what="job status", fix=fix) if status_path.exists() else {"status": "not started"}
         if status.get("status") != "complete":
-            missing.append({**dict(zip(JOB_KEYS, key)), "reason": status.get("reason", status.get("status")), "dir": str(job_dir)})
+            reason = status.get("reason", status.get("status"))
+            missing.extend({**dict(zip(JOB_KEYS, key)), "reason": reason, "dir": str(job_dir)} for key in keys)
             continue
-        complete.append(key)
-        rows.extend({**r, **dict(zip(JOB_KEYS, key))} for r in read_metrics(job_dir / "metrics.jsonl", fix=fix))
-    expected = _expected_jobs(root)
+        complete.extend(keys)
+        job_rows = read_metrics(job_dir / "metrics.jsonl", fix=fix)
+        if len(seeds) > 1:  # a stack: each row names its seed
+            _check_stacked_rows(job_rows, seeds, job_dir / "metrics.jsonl", fix)
+            rows.extend({**r, "lr": lr, "depth": depth} for r in job_rows)
+        else:
+            rows.extend({**r, **dict(zip(JOB_KEYS, keys[0]))} for r in job_rows)
+    expected = _expected_jobs(root, fix)
     if expected:
         for lr, depth, seed in expected:
             key = (float(lr), int(depth), int(seed))
             if key not in seen:
                 missing.append({"lr": key[0], "depth": key[1], "seed": key[2], "reason": "no job folder", "dir": None})
     return SweepRuns(rows, sorted(complete), missing)
+
+
+def _check_stacked_rows(rows: list, seeds: list, path: Path, fix: str) -> None:
+    """Refuses a stacked job whose rows do not name exactly its seeds (one line)."""
+    from lr_jax.experiment.run_files import RunFileError
+
+    found = sorted({r.get("seed") for r in rows}, key=str)
+    if found != seeds:
+        raise RunFileError(f"{path}: rows hold seeds {found}, not the job's seeds {seeds}; {fix}.")
 
 
 def numeric_metrics(rows: Sequence[dict]) -> list[str]:

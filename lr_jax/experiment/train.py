@@ -31,6 +31,17 @@ A run directory holds (the contract the sweep and the plots read):
   final check of every expected row and file;
 * ``run.lock`` while a process writes the run; ``trajectories.png``,
   ``timing.json``, and with ``logger=tensorboard`` event files in ``tensorboard/``.
+
+With ``seeds=K`` (K > 1) the run trains seeds ``seed .. seed+K-1`` together as
+one program: the train state is stacked on a leading seed axis and
+``jax.vmap`` runs each epoch and every device bound over it (the exact
+counter, host NumPy, loops over the seeds). Each seed has exactly the keys,
+points, initialisation and batch order of a separate run with that seed. The
+files hold every seed: ``metrics.jsonl`` rows gain a ``seed`` field,
+``bounds.npz`` per-point arrays are ``[K, E, n]`` with ``seeds`` ``[K]``,
+``data.json`` lists each seed's indices and fingerprint under ``per_seed``,
+checkpoints hold the stacked state. ``seeds=1`` writes the files of a single
+run (no seed field, no seed axis).
 """
 
 from __future__ import annotations
@@ -62,11 +73,18 @@ from lr_jax.experiment.experiment import (
     CATEGORIES,
     CONFIG_FILE,
     RunKeys,
+    categories_from_splits,
     category_points,
     check_per_class_used,
     data_record,
     load_categories,
     run_keys,
+    run_seeds,
+    stack_categories,
+    stack_trees,
+    stacked_data_record,
+    stacked_run_keys,
+    unstack_tree,
 )
 from lr_jax.experiment.models import MLP, init_mlp
 from lr_jax.experiment.run_files import (
@@ -122,30 +140,38 @@ def _loss(state: TrainState, params, x, y):
     return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
 
-def make_epoch_fn(n: int, batch_size: int):
-    """A jitted function running one epoch of minibatch training.
+def batch_order(key: jax.Array, n: int, batch_size: int) -> jax.Array:
+    """Indices of an epoch's minibatches, ``[n // batch_size, batch_size]``.
 
-    Each epoch shuffles the ``n`` training points with its own key and takes
-    ``n // batch_size`` full batches (the remainder is left out of that epoch
-    only; it is reshuffled into the next), as one ``lax.scan``.
+    A permutation of the ``n`` training points drawn with the epoch's key,
+    cut into full batches (the remainder is left out of that epoch only).
     """
     batch_size = min(batch_size, n)
     num_batches = n // batch_size
+    return jax.random.permutation(key, n)[: num_batches * batch_size].reshape(num_batches, batch_size)
+
+
+def make_epoch_fn(n: int, batch_size: int, stacked: bool = False):
+    """A jitted function running one epoch of minibatch training.
+
+    Each epoch shuffles the ``n`` training points with its own key and takes
+    ``n // batch_size`` full batches (:func:`batch_order`; the remainder is
+    reshuffled into the next epoch), as one ``lax.scan``. With ``stacked`` the
+    function is vmapped over a leading seed axis of the state, the data and
+    the key: K seeds train as one program, each on its own points and batches.
+    """
 
     def step(state: TrainState, batch):
         x, y = batch
         loss, grads = jax.value_and_grad(lambda p: _loss(state, p, x, y))(state.params)
         return state.apply_gradients(grads=grads), loss
 
-    @jax.jit
     def epoch(state: TrainState, x, y, key):
-        perm = jax.random.permutation(key, n)[: num_batches * batch_size]
-        xb = x[perm].reshape(num_batches, batch_size, -1)
-        yb = y[perm].reshape(num_batches, batch_size)
-        state, losses = jax.lax.scan(step, state, (xb, yb))
+        order = batch_order(key, n, batch_size)
+        state, losses = jax.lax.scan(step, state, (x[order], y[order]))
         return state, losses.mean()
 
-    return epoch
+    return jax.jit(jax.vmap(epoch) if stacked else epoch)
 
 
 def classifier_metrics(state: TrainState, x, y) -> tuple[float, float]:
@@ -166,31 +192,62 @@ def eval_epochs(cfg) -> list[int]:
 # Bounds
 
 
-def evaluate_bounds(layers, points: dict[str, jax.Array], bound_cfg, key: jax.Array) -> dict[str, dict]:
-    """Every configured bound around every point of every category.
+def device_bounds(layers, points: dict[str, jax.Array], bound_cfg, key: jax.Array) -> dict[str, jax.Array]:
+    """The bounds that run on the device, per point; pure, so it composes with ``jax.vmap``.
 
-    All categories go through the kernels as one batch (one compilation for
-    the whole run, whatever the category sizes).
+    Algorithm 1's bound and the single-region radius go through the kernels
+    with all categories as one batch (one compilation for the whole run,
+    whatever the category sizes): ``log2_bound`` and ``single_region_radius``
+    are ``[N]`` over the categories concatenated in order. ``tight`` and
+    ``sampled`` (when in ``bound.methods``) add ``<category>_tight_log2_bound``
+    and ``<category>_sampled_count`` (``[n]``, the sampled one with key
+    ``fold_in(key, category index)``).
+    """
+    names, r, methods = list(points), bound_cfg.radius, bound_cfg.methods
+    xs = jnp.concatenate([points[n] for n in names])
+    out = {
+        "log2_bound": local_bounds(layers, xs, [r], chunk_size=bound_cfg.chunk_size, masks=False).log2_bound[:, 0],
+        "single_region_radius": single_region_radius(layers, xs, bound_cfg.r_max, bound_cfg.num_grid, bound_cfg.num_bisect).radius,
+    }
+    for i, name in enumerate(names):
+        if "tight" in methods:
+            tight = local_bounds(layers, points[name], [r], method="tight", chunk_size=bound_cfg.chunk_size, masks=False)
+            out[f"{name}_tight_log2_bound"] = tight.log2_bound[:, 0]
+        if "sampled" in methods:
+            sampled = sample_regions(
+                layers, points[name], [r], jax.random.fold_in(key, i), num_samples=bound_cfg.num_samples, num_chords=bound_cfg.num_chords
+            )
+            out[f"{name}_sampled_count"] = sampled[:, 0]
+    return out
 
-    Returns, per category, ``{"log2_bound": [n], "single_region_radius": [n],
-    "summary": {...}}`` with extra methods' per-point arrays and summary fields
-    prefixed by their name.
+
+def category_results(layers, points: dict[str, Any], bound_cfg, arrays: dict[str, np.ndarray]) -> dict[str, dict]:
+    """Per category, the per-point arrays of :func:`device_bounds` and their summary.
+
+    Runs the exact counter (host NumPy and a conic solver, not vmappable) when
+    ``exact`` is in ``bound.methods``.
+
+    Returns:
+      Per category, ``{"log2_bound": [n], "single_region_radius": [n],
+      "summary": {...}}`` with extra methods' per-point arrays and summary
+      fields prefixed by their name.
     """
     names = list(points)
-    xs = jnp.concatenate([points[n] for n in names])
     splits = np.cumsum([points[n].shape[0] for n in names])[:-1]
-    steps = tqdm(total=2 + len(names), desc="bounds", leave=False, disable=not _show_progress())
-    log2 = np.asarray(
-        local_bounds(layers, xs, [bound_cfg.radius], chunk_size=bound_cfg.chunk_size, masks=False).log2_bound[:, 0]
-    )
-    steps.update()
-    srr = np.asarray(single_region_radius(layers, xs, bound_cfg.r_max, bound_cfg.num_grid, bound_cfg.num_bisect).radius)
-    steps.update()
+    steps = tqdm(total=len(names), desc="bounds", leave=False, disable=not _show_progress())
     out = {}
-    for i, (name, c, s) in enumerate(zip(names, np.split(log2, splits), np.split(srr, splits))):
+    for name, c, s in zip(names, np.split(arrays["log2_bound"], splits), np.split(arrays["single_region_radius"], splits)):
         summary = summarise_category(c, s)
         res = {"log2_bound": c, "single_region_radius": s}
-        res.update(_extra_methods(layers, points[name], bound_cfg, jax.random.fold_in(key, i), summary))
+        if f"{name}_tight_log2_bound" in arrays:
+            t = res["tight_log2_bound"] = arrays[f"{name}_tight_log2_bound"]
+            summary.update({f"tight_{k}": v for k, v in summarise_category(t).items() if k != "n_points"})
+        if f"{name}_sampled_count" in arrays:
+            sampled = res["sampled_count"] = arrays[f"{name}_sampled_count"]
+            summary["sampled_mean_count"] = float(np.mean(sampled))
+            summary["sampled_mean_log2_count"] = float(np.mean(np.log2(sampled)))
+        if "exact" in bound_cfg.methods:
+            res.update(_exact_counts(layers, points[name], bound_cfg, summary))
         res["summary"] = summary
         out[name] = res
         steps.update()
@@ -198,33 +255,29 @@ def evaluate_bounds(layers, points: dict[str, jax.Array], bound_cfg, key: jax.Ar
     return out
 
 
-def _extra_methods(layers, xs, bound_cfg, key, summary: dict) -> dict:
-    """The optional bounds of ``bound.methods`` (tight, sampled, exact)."""
-    res = {}
-    r, methods = bound_cfg.radius, bound_cfg.methods
-    if "tight" in methods:
-        t = np.asarray(
-            local_bounds(layers, xs, [r], method="tight", chunk_size=bound_cfg.chunk_size, masks=False).log2_bound[:, 0]
-        )
-        res["tight_log2_bound"] = t
-        summary.update({f"tight_{k}": v for k, v in summarise_category(t).items() if k != "n_points"})
-    if "sampled" in methods:
-        s = np.asarray(sample_regions(layers, xs, [r], key, num_samples=bound_cfg.num_samples, num_chords=bound_cfg.num_chords)[:, 0])
-        res["sampled_count"] = s
-        summary["sampled_mean_count"] = float(np.mean(s))
-        summary["sampled_mean_log2_count"] = float(np.mean(np.log2(s)))
-    if "exact" in methods:
-        from lr_jax import count_regions  # the exact counter needs a conic solver: only when asked for
+def evaluate_bounds(layers, points: dict[str, jax.Array], bound_cfg, key: jax.Array) -> dict[str, dict]:
+    """Every configured bound around every point of every category (one seed).
 
-        k = min(bound_cfg.exact_points, xs.shape[0])
-        counts = [count_regions(layers, np.asarray(x), r, max_regions=bound_cfg.exact_max_regions) for x in xs[:k]]
-        c = np.array([rc.count for rc in counts])
-        res["exact_count"] = c
-        summary["exact_n_points"] = int(k)
-        summary["exact_complete"] = bool(all(rc.complete for rc in counts))
-        summary["exact_mean_count"] = float(np.mean(c)) if k else None
-        summary["exact_mean_log2_count"] = float(np.mean(np.log2(c))) if k else None
-    return res
+    Returns:
+      :func:`category_results` of :func:`device_bounds`.
+    """
+    arrays = {k: np.asarray(v) for k, v in device_bounds(layers, points, bound_cfg, key).items()}
+    return category_results(layers, points, bound_cfg, arrays)
+
+
+def _exact_counts(layers, xs, bound_cfg, summary: dict) -> dict:
+    """Exact region counts around the first ``bound.exact_points`` points (adds their summary)."""
+    from lr_jax import count_regions  # the exact counter needs a conic solver: only when asked for
+
+    r = bound_cfg.radius
+    k = min(bound_cfg.exact_points, xs.shape[0])
+    counts = [count_regions(layers, np.asarray(x), r, max_regions=bound_cfg.exact_max_regions) for x in xs[:k]]
+    c = np.array([rc.count for rc in counts])
+    summary["exact_n_points"] = int(k)
+    summary["exact_complete"] = bool(all(rc.complete for rc in counts))
+    summary["exact_mean_count"] = float(np.mean(c)) if k else None
+    summary["exact_mean_log2_count"] = float(np.mean(np.log2(c))) if k else None
+    return {"exact_count": c}
 
 
 class EvalRecord(NamedTuple):
@@ -235,24 +288,84 @@ class EvalRecord(NamedTuple):
     per_point: dict
 
 
-def evaluate(run: "Run", state: TrainState, epoch: int) -> EvalRecord:
-    """Bounds and classifier metrics of ``state``; no I/O."""
-    result = evaluate_bounds(layers_from_flax(state.params), run.points, run.cfg.bound, jax.random.fold_in(run.keys.bounds, epoch))
-    tr_loss, tr_acc = classifier_metrics(state, run.cats.train_x, run.cats.train_y)
-    te_loss, te_acc = classifier_metrics(state, run.cats.test_x, run.cats.test_y)
-    common = {
+def _classifier_arrays(apply_fn, params, x, y) -> tuple[jax.Array, jax.Array]:
+    """Mean cross-entropy and accuracy on ``(x [n, d], y [n])`` as arrays (vmappable)."""
+    logits = apply_fn({"params": params}, x)
+    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), jnp.mean(jnp.argmax(logits, -1) == y)
+
+
+def make_stacked_eval_fn(apply_fn, bound_cfg, names=CATEGORIES):
+    """The device part of an evaluation of K stacked seeds, as one jitted program (vmap over seeds).
+
+    Returns:
+      ``f(params, points, key, cats) -> (arrays, metrics)``: :func:`device_bounds`
+      of every seed (leaves ``[K, ...]``) and ``[K]`` train loss, train
+      accuracy, test loss, test accuracy.
+    """
+
+    def one_seed(params, points, key, train_x, train_y, test_x, test_y):
+        # jit hands dicts over with sorted keys: concatenate the categories in the run's order, as a single run does.
+        points = {n: points[n] for n in names}
+        arrays = device_bounds(layers_from_flax(params), points, bound_cfg, key)
+        return arrays, (*_classifier_arrays(apply_fn, params, train_x, train_y), *_classifier_arrays(apply_fn, params, test_x, test_y))
+
+    batched = jax.jit(jax.vmap(one_seed))
+    return lambda params, points, key, cats: batched(params, points, key, cats.train_x, cats.train_y, cats.test_x, cats.test_y)
+
+
+def _common_fields(tr_loss: float, tr_acc: float, te_loss: float, te_acc: float) -> dict:
+    return {
         "train_loss": tr_loss,
         "train_accuracy": tr_acc,
         "test_loss": te_loss,
         "test_accuracy": te_acc,
         "diverged": not (math.isfinite(tr_loss) and math.isfinite(te_loss)),
     }
+
+
+def _rows_and_arrays(epoch: int, radius: float, result: dict, common: dict, seed: int | None) -> tuple[list, dict]:
+    """One seed's ``metrics.jsonl`` rows (with a ``seed`` field when not None) and ``bounds.npz`` fields."""
     rows, per_point = [], {}
+    head = {"epoch": epoch} if seed is None else {"epoch": epoch, "seed": seed}
     for name, res in result.items():
-        rows.append({"epoch": epoch, "category": name, "radius": float(run.cfg.bound.radius), **res["summary"], **common})
+        rows.append({**head, "category": name, "radius": float(radius), **res["summary"], **common})
         for key, arr in res.items():
             if key != "summary":
                 per_point[name if key == "log2_bound" else f"{name}_{key}"] = np.asarray(arr)
+    return rows, per_point
+
+
+def evaluate(run: "Run", state: TrainState, epoch: int) -> EvalRecord:
+    """Bounds and classifier metrics of ``state`` (every seed of a stacked run); no I/O.
+
+    A stacked record has rows for every seed (seed-major) and per-point arrays
+    ``[K, n]``.
+    """
+    if run.stacked:
+        return _evaluate_stacked(run, state, epoch)
+    result = evaluate_bounds(layers_from_flax(state.params), run.points, run.cfg.bound, jax.random.fold_in(run.keys.bounds, epoch))
+    common = _common_fields(*classifier_metrics(state, run.cats.train_x, run.cats.train_y), *classifier_metrics(state, run.cats.test_x, run.cats.test_y))
+    rows, per_point = _rows_and_arrays(epoch, run.cfg.bound.radius, result, common, None)
+    return EvalRecord(epoch, rows, per_point)
+
+
+def _evaluate_stacked(run: "Run", state: TrainState, epoch: int) -> EvalRecord:
+    keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(run.keys.bounds, epoch)
+    arrays, metrics = run.eval_fn(state.params, run.points, keys, run.cats)
+    arrays, metrics = jax.tree.map(np.asarray, arrays), np.asarray(metrics, np.float64)
+    k = len(run.seeds)
+    rows, per_seed = [], []
+    for i, (seed, params, seed_arrays, points) in enumerate(
+        zip(run.seeds, unstack_tree(state.params, k), unstack_tree(arrays, k), unstack_tree(run.points, k))
+    ):
+        points = {name: points[name] for name in run.points}  # pytree maps sort dict keys: back to CATEGORIES order
+        # The exact counter reads each seed's own layers on the host.
+        result = category_results(layers_from_flax(params), points, run.cfg.bound, seed_arrays)
+        common = _common_fields(*(float(v) for v in metrics[:, i]))
+        seed_rows, seed_points = _rows_and_arrays(epoch, run.cfg.bound.radius, result, common, seed)
+        rows.extend(seed_rows)
+        per_seed.append(seed_points)
+    per_point = {key: np.stack([p[key] for p in per_seed]) for key in per_seed[0]}
     return EvalRecord(epoch, rows, per_point)
 
 
@@ -265,14 +378,21 @@ class Run(NamedTuple):
 
     cfg: Any
     workdir: Path
-    keys: RunKeys
-    cats: Categories
+    keys: RunKeys  # stacked runs: every field [K, 2]
+    cats: Categories  # stacked runs: arrays [K, ...]
     points: dict
     epoch_fn: Any
-    state: TrainState
+    state: TrainState  # stacked runs: every leaf [K, ...]
     start_epoch: int  # last epoch already done (-1: nothing, epoch 0 still to evaluate)
     rows: list  # metrics rows up to start_epoch
     per_point: dict  # bounds.npz arrays up to start_epoch
+    seeds: tuple = ()  # the run's seeds (one for a single run)
+    eval_fn: Any = None  # stacked runs: make_stacked_eval_fn
+
+    @property
+    def stacked(self) -> bool:
+        """Several seeds trained together: a leading seed axis everywhere, a seed field in the rows."""
+        return len(self.seeds) > 1
 
 
 def _resolved(cfg) -> dict:
@@ -312,6 +432,7 @@ def check_resume(cfg, workdir: Path) -> int | None:
     if not recorded_path.exists():
         raise config_lib.ConfigError(f"invalid config resume=true: {workdir} holds no run to resume; start it without resume=true.")
     recorded = read_yaml(recorded_path, what="recorded config")
+    recorded.setdefault("seeds", 1)  # a run recorded before `seeds` existed trained one seed
     current = _resolved(cfg)
     lost = sorted(set(config_lib.flat_keys(current)) - set(config_lib.flat_keys(recorded)))
     if lost:
@@ -360,20 +481,24 @@ def _records_up_to(cfg, workdir: Path, epoch: int) -> tuple[list, dict]:
     """The saved rows and per-point arrays up to ``epoch``, checked against the schedule.
 
     Rows written after the checkpoint (a kill between the rows and the
-    checkpoint) are dropped: the loop rewrites them identically.
+    checkpoint) are dropped: the loop rewrites them identically. A stacked
+    run needs a row of every seed and per-point arrays ``[K, E, n]``.
 
     Raises:
       RunFileError: a damaged file, or one lacking an evaluation up to ``epoch``.
     """
     expected = [e for e in eval_epochs(cfg) if e <= epoch]
+    seeds = run_seeds(cfg)
+    stacked = len(seeds) > 1
     fix = f"{FIX_RUN} (its checkpoints reach epoch {epoch}, its records do not)"
     metrics_path, bounds_path = workdir / METRICS, workdir / BOUNDS
     rows = [r for r in read_metrics(metrics_path, fix=fix) if r["epoch"] <= epoch]
-    have = sorted((r["epoch"], r["category"]) for r in rows)
-    want = sorted((e, c) for e in expected for c in CATEGORIES)
+    # A single run's rows have no seed field: its key is (epoch, -1, category).
+    have = sorted((r["epoch"], r.get("seed", -1), r["category"]) for r in rows)
+    want = sorted((e, s if stacked else -1, c) for e in expected for s in seeds for c in CATEGORIES)
     if have != want:
-        missing = sorted({e for e, c in set(want) - set(have)})
-        extra = sorted({e for e, c in set(have) - set(want)})
+        missing = sorted({e for e, _, c in set(want) - set(have)})
+        extra = sorted({e for e, _, c in set(have) - set(want)})
         raise RunFileError(
             f"{metrics_path}: metrics do not match the checkpoint of epoch {epoch} (rows missing for epochs {missing}"
             f"{f', unexpected or repeated rows for epochs {extra}' if extra else ''}); {fix}."
@@ -381,13 +506,24 @@ def _records_up_to(cfg, workdir: Path, epoch: int) -> tuple[list, dict]:
     arrays = read_npz(bounds_path, fix=fix)
     if "epochs" not in arrays:
         raise RunFileError(f"{bounds_path}: per-point bounds lack their epochs array; {fix}.")
-    keep = arrays["epochs"] <= epoch
-    if arrays["epochs"][keep].tolist() != expected or any(a.shape[0] != keep.size for a in arrays.values()):
+    if stacked and arrays.get("seeds", np.zeros(0)).tolist() != list(seeds):
+        raise RunFileError(f"{bounds_path}: per-point bounds do not hold the run's seeds {list(seeds)}; {fix}.")
+    keep, axis = arrays["epochs"] <= epoch, _epoch_axis(stacked)
+    per_point = {k: v for k, v in arrays.items() if k not in ("epochs", "seeds")}
+    if arrays["epochs"][keep].tolist() != expected or any(
+        a.ndim <= axis or a.shape[axis] != keep.size or (stacked and a.shape[0] != len(seeds)) for a in per_point.values()
+    ):
         raise RunFileError(
             f"{bounds_path}: per-point bounds hold epochs {arrays['epochs'].tolist()}, not {expected} up to the "
             f"checkpoint of epoch {epoch}; {fix}."
         )
-    return rows, {k: v[keep] for k, v in arrays.items()}
+    # The seeds array has no epoch axis; epochs and per-point arrays keep the evaluations up to `epoch`.
+    return rows, {k: v if k == "seeds" else np.compress(keep, v, axis=0 if k == "epochs" else axis) for k, v in arrays.items()}
+
+
+def _epoch_axis(stacked: bool) -> int:
+    """The epoch axis of a per-point array in ``bounds.npz``: ``[E, n]``, or ``[K, E, n]`` when stacked."""
+    return 1 if stacked else 0
 
 
 def setup_run(cfg, workdir: Path, start: int | None) -> Run:
@@ -403,22 +539,55 @@ def setup_run(cfg, workdir: Path, start: int | None) -> Run:
         write_json(workdir / STATUS, {"status": "running", "epoch": None})
         if cfg.resume:
             log.info("no checkpoint yet in %s: starting the run from scratch in place", workdir)
-    keys = run_keys(cfg.seed)
-    cats, splits = load_categories(cfg.data, keys.data)
-    check_per_class_used(cfg.data, cats, splits.source)
+    seeds = run_seeds(cfg)
+    stacked = len(seeds) > 1
+    keys, cats, state, record = (_stacked_start if stacked else _single_start)(cfg, seeds)
     points = category_points(cats)
-    log.info("data: %s (%s); %s", splits.source, splits.note, {k: tuple(v.shape) for k, v in points.items()})
-    _check_data(workdir, data_record(cats, splits, cfg.data.digits), resuming=start is not None)
-    model = MLP(depth=cfg.depth, width=cfg.width, num_outputs=cfg.model.num_outputs, init_std=cfg.model.init_std)
-    state = create_train_state(model, make_optimizer(cfg.optim), keys.init, cats.train_x.shape[1])
-    epoch_fn = make_epoch_fn(cats.train_x.shape[0], cfg.optim.batch_size)
+    log.info("data: %s (%s); %s", record["source"], record["note"], {k: tuple(v.shape) for k, v in points.items()})
+    _check_data(workdir, record, resuming=start is not None)
+    epoch_fn = make_epoch_fn(cats.train_x.shape[-2], cfg.optim.batch_size, *((True,) if stacked else ()))
+    eval_fn = make_stacked_eval_fn(state.apply_fn, cfg.bound, tuple(points)) if stacked else None
     rows, per_point = [], {}
     if start is not None:
         write_json(workdir / STATUS, {"status": "running", "epoch": start})
         rows, per_point = _records_up_to(cfg, workdir, start)
         state = checkpoints.restore_state(workdir, start, state)
-        log.info("resuming from the checkpoint of epoch %d (train state step %d)", start, int(state.step))
-    return Run(cfg, workdir, keys, cats, points, epoch_fn, state, -1 if start is None else start, rows, per_point)
+        log.info("resuming from the checkpoint of epoch %d (train state step %d)", start, int(np.max(state.step)))
+    return Run(cfg, workdir, keys, cats, points, epoch_fn, state, -1 if start is None else start, rows, per_point, seeds, eval_fn)
+
+
+def _model_and_optimizer(cfg) -> tuple[MLP, optax.GradientTransformation]:
+    model = MLP(depth=cfg.depth, width=cfg.width, num_outputs=cfg.model.num_outputs, init_std=cfg.model.init_std)
+    return model, make_optimizer(cfg.optim)
+
+
+def _single_start(cfg, seeds: tuple) -> tuple[RunKeys, Categories, TrainState, dict]:
+    """Keys, points, initial state and ``data.json`` record of a run of one seed."""
+    keys = run_keys(seeds[0])
+    cats, splits = load_categories(cfg.data, keys.data)
+    check_per_class_used(cfg.data, cats, splits.source)
+    model, tx = _model_and_optimizer(cfg)
+    state = create_train_state(model, tx, keys.init, cats.train_x.shape[1])
+    return keys, cats, state, data_record(cats, splits, cfg.data.digits)
+
+
+def _stacked_start(cfg, seeds: tuple) -> tuple[RunKeys, Categories, TrainState, dict]:
+    """The same for K seeds trained together, every part stacked on a leading seed axis.
+
+    Each seed gets exactly what a separate run with ``seed=s`` gets: its keys
+    (:func:`run_keys`), its own points (the data key of that seed) and its
+    initial state, built one seed at a time and then stacked, so the stack
+    starts bit for bit where the K separate runs start.
+    """
+    cats0, splits = load_categories(cfg.data, run_keys(seeds[0]).data)  # the data source is read once
+    per_seed = [cats0] + [categories_from_splits(cfg.data, splits, run_keys(s).data) for s in seeds[1:]]
+    for c in per_seed:
+        check_per_class_used(cfg.data, c, splits.source)
+    model, tx = _model_and_optimizer(cfg)
+    # One model and one optimizer object: the K states share their static fields and stack.
+    state = stack_trees([create_train_state(model, tx, run_keys(s).init, cats0.train_x.shape[1]) for s in seeds])
+    record = stacked_data_record(per_seed, splits, cfg.data.digits, seeds)
+    return stacked_run_keys(seeds), stack_categories(per_seed), state, record
 
 
 # ---------------------------------------------------------------------------
@@ -433,8 +602,12 @@ def save_evaluation(run: Run, mngr, state: TrainState, record: EvalRecord, rows:
     """
     rows.extend(record.rows)
     per_point["epochs"] = np.append(per_point.get("epochs", np.zeros(0, np.int64)), record.epoch).astype(np.int64)
+    axis = _epoch_axis(run.stacked)
+    if run.stacked:
+        per_point["seeds"] = np.asarray(run.seeds, np.int64)
     for key, arr in record.per_point.items():
-        per_point[key] = np.concatenate([per_point[key], arr[None]]) if key in per_point else arr[None]
+        new = np.expand_dims(arr, axis)
+        per_point[key] = np.concatenate([per_point[key], new], axis=axis) if key in per_point else new
     write_metrics(run.workdir / METRICS, rows)
     write_npz(run.workdir / BOUNDS, per_point)
     checkpoints.save(mngr, record.epoch, state)
@@ -449,7 +622,7 @@ def final_check(run: Run) -> None:
     """
     cfg, workdir = run.cfg, run.workdir
     rows, _ = _records_up_to(cfg, workdir, cfg.epochs)
-    sizes = {c: int(run.points[c].shape[0]) for c in CATEGORIES}
+    sizes = {c: int(run.points[c].shape[-2]) for c in CATEGORIES}  # [n, d], or [K, n, d] stacked
     for r in rows:
         if r["n_points"] != sizes[r["category"]]:
             raise RunFileError(
@@ -504,9 +677,26 @@ def _stop_on_signals():
 # Entry point
 
 
+def mean_over_seeds(rows: list) -> list:
+    """Rows of a stacked run averaged over seeds per (epoch, category) (numeric fields only; others from the first)."""
+    groups: dict[tuple, list] = {}
+    for r in rows:
+        groups.setdefault((r["epoch"], r["category"]), []).append(r)
+    out = []
+    for group in groups.values():
+        row = {k: v for k, v in group[0].items() if k != "seed"}
+        for k, v in row.items():
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "epoch":
+                vals = [g[k] for g in group if g.get(k) is not None]
+                row[k] = float(np.mean(vals)) if vals else None
+        out.append(row)
+    return out
+
+
 def _log_evaluation(record: EvalRecord, seconds: float) -> None:
-    r = {row["category"]: row for row in record.rows}
-    first = record.rows[0]
+    rows = mean_over_seeds(record.rows) if "seed" in record.rows[0] else record.rows  # a stack: the seeds' mean
+    r = {row["category"]: row for row in rows}
+    first = rows[0]
     log.info(
         "epoch %3d  train loss %.4f acc %.3f  test acc %.3f  mean C %s  single-region %s  (bounds %.1fs)",
         record.epoch,
@@ -514,7 +704,7 @@ def _log_evaluation(record: EvalRecord, seconds: float) -> None:
         first["train_accuracy"],
         first["test_accuracy"],
         " ".join(f"{n}={r[n]['mean_log2_bound']:.1f}" for n in r),
-        " ".join(f"{n}={r[n]['num_single_region']}" for n in r),
+        " ".join(f"{n}={r[n]['num_single_region']:g}" for n in r),
         seconds,
     )
 
@@ -571,12 +761,23 @@ def _mark(workdir: Path, status: str, reason: str | None = None) -> None:
 
 
 def train_epoch(run: Run, state: TrainState, epoch: int) -> TrainState:
-    """One epoch of training; a non-finite loss marks the run ``failed`` and raises :class:`TrainingDiverged`."""
-    state, loss = run.epoch_fn(state, run.cats.train_x, run.cats.train_y, jax.random.fold_in(run.keys.train, epoch))
-    if not math.isfinite(float(loss)):
-        _fail(run.workdir, epoch, f"training diverged at epoch {epoch} (non-finite loss)")
+    """One epoch of training; a non-finite loss marks the run ``failed`` and raises :class:`TrainingDiverged`.
+
+    A stacked run trains every seed, each with its own epoch key
+    ``fold_in(run_keys(s).train, epoch)``; one diverging seed fails the run.
+    """
+    if run.stacked:
+        key = jax.vmap(jax.random.fold_in, in_axes=(0, None))(run.keys.train, epoch)
+    else:
+        key = jax.random.fold_in(run.keys.train, epoch)
+    state, loss = run.epoch_fn(state, run.cats.train_x, run.cats.train_y, key)
+    losses = np.atleast_1d(np.asarray(loss, np.float64))
+    if not np.all(np.isfinite(losses)):
+        bad = [s for s, v in zip(run.seeds, losses) if not math.isfinite(v)]
+        where = f" of seed {', '.join(map(str, bad))}" if run.stacked else ""
+        _fail(run.workdir, epoch, f"training diverged at epoch {epoch} (non-finite loss{where})")
         raise TrainingDiverged(
-            f"training diverged at epoch {epoch} (loss {float(loss)}); lower lr or data.scale "
+            f"training diverged at epoch {epoch} (loss{where} {float(losses[~np.isfinite(losses)][0])}); lower lr or data.scale "
             f"(now lr={run.cfg.lr}, data.scale={run.cfg.data.scale}) and start a new run."
         )
     return state
@@ -591,7 +792,7 @@ def _evaluate_and_save(run: Run, mngr, tb, state: TrainState, epoch: int, rows: 
     _log_evaluation(record, seconds)
     if tb is not None:
         tb.log(record)
-    if record.rows[0]["diverged"]:
+    if any(r["diverged"] for r in record.rows):
         _fail(run.workdir, epoch, f"training diverged at epoch {epoch} (non-finite loss at evaluation)")
         raise TrainingDiverged(f"training diverged at epoch {epoch} (non-finite loss); lower lr or data.scale and start a new run.")
     return seconds
@@ -611,7 +812,11 @@ def finish_run(run: Run, rows: list, seconds: float, bound_seconds: float) -> No
     if cfg.plot:
         from lr_jax.experiment.plots import plot_run  # matplotlib only when a plot is asked for
 
-        plot_run(rows, workdir / "trajectories.png", title=f"lr={cfg.lr} depth={cfg.depth} seed={cfg.seed}")
+        if run.stacked:
+            title = f"lr={cfg.lr} depth={cfg.depth} mean of seeds {run.seeds[0]}..{run.seeds[-1]}"
+            plot_run(mean_over_seeds(rows), workdir / "trajectories.png", title=title)
+        else:
+            plot_run(rows, workdir / "trajectories.png", title=f"lr={cfg.lr} depth={cfg.depth} seed={cfg.seed}")
     write_json(workdir / "timing.json", {"total_seconds": seconds, "bound_seconds": bound_seconds})
     try:
         final_check(run)
@@ -657,4 +862,23 @@ def _tensorboard(cfg, workdir: Path):
         return None
     from lr_jax.experiment.tensorboard_log import TensorBoardLog
 
-    return TensorBoardLog(workdir / "tensorboard")
+    seeds = run_seeds(cfg)
+    if len(seeds) == 1:
+        return TensorBoardLog(workdir / "tensorboard")
+    return _SeedLogs({s: TensorBoardLog(workdir / "tensorboard" / f"seed{s}") for s in seeds})
+
+
+class _SeedLogs:
+    """TensorBoard logs of a stacked run: one event folder per seed (``tensorboard/seed<s>``)."""
+
+    def __init__(self, logs: dict):
+        self._logs = logs
+
+    def log(self, record: EvalRecord) -> None:
+        for i, (seed, tb) in enumerate(self._logs.items()):
+            rows = [r for r in record.rows if r["seed"] == seed]
+            tb.log(EvalRecord(record.epoch, rows, {k: v[i] for k, v in record.per_point.items()}))
+
+    def close(self) -> None:
+        for tb in self._logs.values():
+            tb.close()
