@@ -25,7 +25,7 @@ import numpy as np
 from tqdm import tqdm
 
 from lr_jax import count_regions, layers_from_flax
-from lr_jax.experiment.experiment import CATEGORIES, load_run, run_points
+from lr_jax.experiment.experiment import CATEGORIES, load_run, run_points, seed_runs
 from lr_jax.experiment.run_files import RunFileError
 from lr_jax.experiment.tightness import grid_count, sandwich_rows
 
@@ -37,8 +37,8 @@ def _trained_tables(run_dirs, epoch, n_points, key):
         "| run | category | r | log2 paper (C) | log2 tight | log2 exact | log2 sampled | log2 paper/exact | log2 tight/exact | exact complete | violations |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for run_dir in run_dirs:
-        run = load_run(run_dir, epoch)
+    runs = [run for run_dir in run_dirs for run in seed_runs(load_run(run_dir, epoch))]  # a stack: its seeds
+    for run in runs:
         cfg, layers = run.config, layers_from_flax(run.params)
         xs, (names, _, _) = run_points(run, CATEGORIES)
         name = f"depth {cfg.depth}, lr {cfg.lr}, seed {cfg.seed}, epoch {run.epoch}"

@@ -24,9 +24,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, List, NamedTuple, Optional
 
+from hydra.core.config_store import ConfigStore
 from omegaconf import II, DictConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue
 
-from lr_jax.experiment.datasets import CategoryArgumentError, check_category_args
+from lr_jax.experiment.datasets import CATEGORIES, CategoryArgumentError, check_category_args
 from lr_jax.experiment.mnist_io import IDX_FILES, SOURCES, missing_idx_files, per_class_available
 
 OPTIMIZERS = ("sgd", "adam")
@@ -150,8 +152,6 @@ class BoundScriptConfig:
 
 def register_configs() -> None:
     """Registers ``train_schema`` and ``bound_schema`` in Hydra's ConfigStore (idempotent)."""
-    from hydra.core.config_store import ConfigStore
-
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)
     cs.store(name="bound_schema", node=BoundScriptConfig)
@@ -355,10 +355,6 @@ def parse_bound_job(cfg: Any) -> BoundJob:
     Raises:
       ConfigError: one line naming the setting and the fix.
     """
-    from omegaconf.errors import MissingMandatoryValue
-
-    from lr_jax.experiment.experiment import CATEGORIES
-
     try:
         checkpoint = cfg.checkpoint
     except MissingMandatoryValue:

@@ -33,6 +33,8 @@ if TYPE_CHECKING:
     from lr_jax.experiment.mnist_io import MnistSplits
 
 POOLING_METHODS = ("adaptive", "crop")
+# The four categories of points (section 5.1), in the order every table and file uses.
+CATEGORIES = ("train", "test", "random1", "random2")
 
 
 class Categories(NamedTuple):

@@ -18,14 +18,14 @@ from typing import Any, NamedTuple, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from omegaconf import OmegaConf
 
 from lr_jax.experiment import checkpoints
 from lr_jax.experiment.config import per_class
-from lr_jax.experiment.datasets import Categories, make_categories
+from lr_jax.experiment.datasets import CATEGORIES, Categories, make_categories
 from lr_jax.experiment.mnist_io import MnistSplits, load_mnist
 from lr_jax.experiment.run_files import RunFileError, read_yaml
 
-CATEGORIES = ("train", "test", "random1", "random2")
 CONFIG_FILE = "config.yaml"
 
 
@@ -188,8 +188,6 @@ def run_config(run_dir: str | Path):
     Raises:
       RunFileError: the file is missing or damaged.
     """
-    from omegaconf import OmegaConf
-
     path = Path(run_dir) / CONFIG_FILE
     if not path.exists() and (Path(run_dir) / ".hydra" / "config.yaml").exists():
         path = Path(run_dir) / ".hydra" / "config.yaml"  # a run from before config.yaml was recorded
@@ -226,8 +224,6 @@ def seed_runs(run: SavedRun) -> list[SavedRun]:
     checkpoint) and a config with ``seed=s, seeds=1``: exactly the config of a
     separate run of that seed, so :func:`run_points` rebuilds its own points.
     """
-    from omegaconf import OmegaConf
-
     seeds = run_seeds(run.config)
     if len(seeds) == 1:
         return [run]

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Sequence
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -67,8 +68,6 @@ def _series(summary, lr, depth, category, metric, band: str):
 
 
 def _panel(ax, summary, lr, metric, ylabel, letter, band: str = "std"):
-    import numpy as np
-
     depths = sorted({r["depth"] for r in summary})
     styles = ["-", "--", ":", "-."]
     values = []

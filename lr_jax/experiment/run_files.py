@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 import numpy as np
+from omegaconf import OmegaConf
 
 T = TypeVar("T")
 
@@ -115,8 +116,6 @@ def read_npz(path: str | Path, *, what: str = "per-point bounds", fix: str = FIX
 
 
 def _parse_yaml(path: Path) -> dict:
-    from omegaconf import OmegaConf
-
     text = path.read_text()
     if not text.strip():
         raise ValueError("empty file")
@@ -179,7 +178,5 @@ def write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
 
 def write_yaml(path: Path, cfg: dict) -> None:
     """A plain nested dict as YAML (a run's ``config.yaml``)."""
-    from omegaconf import OmegaConf
-
     text = OmegaConf.to_yaml(OmegaConf.create(cfg))
     atomic_write(path, lambda p: p.write_text(text))

@@ -12,6 +12,7 @@ each seed is listed complete or missing on its own.
 
 from __future__ import annotations
 
+import csv
 import itertools
 import math
 from pathlib import Path
@@ -20,7 +21,7 @@ from typing import NamedTuple, Sequence
 import numpy as np
 import yaml
 
-from lr_jax.experiment.run_files import read_json, read_metrics, read_yaml
+from lr_jax.experiment.run_files import RunFileError, atomic_write, read_json, read_metrics, read_yaml
 
 GROUP_KEYS = ("lr", "depth", "category", "epoch")
 # Sweep parameters that identify a job; the seed is what is averaged over.
@@ -129,8 +130,6 @@ def collect_runs(multirun_dir: str | Path) -> SweepRuns:
 
 def _check_stacked_rows(rows: list, seeds: list, path: Path, fix: str) -> None:
     """Refuses a stacked job whose rows do not name exactly its seeds (one line)."""
-    from lr_jax.experiment.run_files import RunFileError
-
     found = sorted({r.get("seed") for r in rows}, key=str)
     if found != seeds:
         raise RunFileError(f"{path}: rows hold seeds {found}, not the job's seeds {seeds}; {fix}.")
@@ -180,10 +179,6 @@ def summarise(rows: Sequence[dict]) -> list[dict]:
 
 def write_csv(summary: Sequence[dict], path: str | Path) -> None:
     """Writes :func:`summarise`'s rows as CSV (columns in first-seen order)."""
-    import csv
-
-    from lr_jax.experiment.run_files import atomic_write
-
     columns = list(dict.fromkeys(k for row in summary for k in row))
 
     def write(tmp):
