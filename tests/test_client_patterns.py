@@ -36,7 +36,8 @@ def _xent(logits, y):
     return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
 
-def test_jitted_optax_step_calling_every_bound_can_be_called_again():
+@pytest.mark.parametrize("every_bound", [False, pytest.param(True, marks=pytest.mark.slow)])
+def test_jitted_optax_step_calling_the_bounds_can_be_called_again(every_bound):
     layers = [(jnp.asarray(W, jnp.float32), jnp.asarray(b, jnp.float32))
               for W, b in random_mlp(np.random.default_rng(1), 4, [8, 8])]
     xs, ys = _data()
@@ -55,6 +56,8 @@ def test_jitted_optax_step_calling_every_bound_can_be_called_again():
         params = optax.apply_updates(params, updates)
         paper = lr_jax.local_bounds(params, xs, RADII)
         tight = lr_jax.local_bounds(params, xs, RADII, method="tight", masks=False)
+        if not every_bound:
+            return params, state, paper, tight.log2_bound, jnp.ones(xs.shape[0]), jnp.ones((xs.shape[0], 2))
         radius = lr_jax.single_region_radius(params, xs, 1.0, num_grid=4, num_bisect=3)
         sampled = lr_jax.sample_regions(params, xs, RADII, key, num_samples=16, num_chords=2)
         return params, state, paper, tight.log2_bound, radius.radius, sampled
@@ -177,6 +180,8 @@ def test_empty_batches_give_empty_results(n, r):
     out = lr_jax.local_bounds(layers, np.zeros((n, 3)), np.linspace(0.1, 1.0, r))
     assert out.num_unstable.shape == (n, r)
     assert out.unstable.shape == (n, r, 2, 5)
+    if (n, r) != (0, 2):
+        return  # every empty shape through layers; the other entry points once (each shape compiles)
     module = nn.Sequential([nn.Dense(4), nn.relu, nn.Dense(2)])
     net = lr_jax.network_from_linen(module, module.init(jax.random.key(0), jnp.zeros(3)), jnp.zeros(3))
     out = lr_jax.local_bounds(net, np.zeros((n, 3)), np.linspace(0.1, 1.0, r), method="tight")

@@ -91,6 +91,7 @@ def test_r_max_caps_and_marks_capped(mlp):
         lr_jax.single_region_radius(layers, xs, method="bisection")
 
 
+@pytest.mark.slow
 def test_on_a_cnn_no_region_change_inside():
     module, variables, example, segments, shapes = make_net("cnn_pool", 8)
     net = lr_jax.network_from_linen(module, variables, example)
