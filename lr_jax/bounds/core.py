@@ -23,7 +23,7 @@ over devices, and padding the number of points to a bucket so that a new
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -86,7 +86,6 @@ class DenseNode:
         self.W, self.b = W, b
         self.sources = (source,)
         self.shape = (W.shape[1],)
-        self.abs_exact = True
 
     def apply(self, vals):
         return matmul(vals[self.sources[0]], self.W) + self.b

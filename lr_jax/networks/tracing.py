@@ -610,7 +610,6 @@ class GraphNode:
         self.sources = cone.sources
         self.shape = graph.shapes[cone.target]
         self._vars = dict(zip(cone.sources, cone.source_vars))
-        self.abs_exact = all(e for s, e in zip(cone.sources, cone.abs_exact) if s != 0)
         # |M_s| of the sources the abs interpreter cannot do exactly, once per call.
         self._dense_abs = {
             s: jnp.abs(self.materialise(s))
