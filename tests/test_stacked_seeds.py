@@ -186,7 +186,7 @@ def test_every_bound_method_of_a_stacked_seed_is_that_of_its_separate_run(tmp_pa
     train_and_evaluate(compose_train(methods + ["seed=1"]), tmp_path / "alone")
     with np.load(tmp_path / "stack" / "bounds.npz") as z, np.load(tmp_path / "alone" / "bounds.npz") as a:
         for c in CATEGORIES:
-            for field in ("tight_log2_bound", "sampled_count", "exact_count"):
+            for field in ("tight_log2_bound", "sampled_count", "exact_count", "exact_index"):
                 np.testing.assert_array_equal(z[f"{c}_{field}"][1, 0], a[f"{c}_{field}"][0])
     rows = [r for r in read_metrics(tmp_path / "stack" / "metrics.jsonl") if r["seed"] == 1 and r["epoch"] == 0]
     alone = read_metrics(tmp_path / "alone" / "metrics.jsonl")

@@ -101,17 +101,56 @@ def test_malformed_idx_fails_before_training(tmp_path):
 
 
 @pytest.mark.slow
-def test_every_bound_method_is_logged_under_its_name(tmp_path):
-    overrides = TINY + ["bound=sandwich", "bound.exact_points=3", "bound.num_samples=64", "bound.num_chords=4", "epochs=2"]
+def test_logged_exact_counts_are_those_of_the_checkpoints_and_sandwiched(tmp_path):
+    # A subset of 5 of each category's points, counted at every evaluation: the logged counts must be
+    # count_regions on the restored checkpoint of that epoch, on the points exact_subsets draws from the
+    # run's key, and sampled <= exact <= 2^tight <= 2^C must hold on every logged point.
+    from lr_jax import count_regions
+    from lr_jax.experiment.experiment import category_points, exact_subsets
+
+    overrides = TINY + ["bound=sandwich", "bound.exact_points=5", "bound.num_samples=64", "bound.num_chords=4", "epochs=2"]
     rows = train_and_evaluate(compose_train(overrides), tmp_path)
-    for r in rows:
-        assert {"tight_mean_log2_bound", "sampled_mean_count", "exact_mean_count", "exact_complete"} <= set(r)
-        assert r["tight_mean_log2_bound"] <= r["mean_log2_bound"] + 1e-9
+    keys = run_keys(0)
+    cats, _ = load_categories(compose_train(overrides).data, keys.data)
+    points = category_points(cats)
+    subsets = exact_subsets(keys.bounds, {c: x.shape[0] for c, x in points.items()}, 5)
+    # Drawn at random, not the first points; every category gets its own subset.
+    assert any(not np.array_equal(idx, np.arange(5)) for idx in subsets.values())
     with np.load(tmp_path / "bounds.npz") as z:
-        for c in CATEGORIES:
-            paper, tight = z[c][-1][:3], z[f"{c}_tight_log2_bound"][-1][:3]
-            exact, sampled = z[f"{c}_exact_count"][-1], z[f"{c}_sampled_count"][-1][:3]
-            assert (sampled <= exact).all() and (exact <= np.exp2(tight) + 1e-6).all() and (tight <= paper).all()
+        for i, epoch in enumerate(z["epochs"]):
+            layers = layers_from_flax(load_run(tmp_path, int(epoch)).params)
+            for c in CATEGORIES:
+                idx = z[f"{c}_exact_index"][i]
+                np.testing.assert_array_equal(idx, subsets[c])
+                exact = z[f"{c}_exact_count"][i]
+                expected = [count_regions(layers, np.asarray(points[c][j]), 0.4, max_regions=20000).count for j in idx]
+                np.testing.assert_array_equal(exact, expected)
+                paper, tight, sampled = z[c][i][idx], z[f"{c}_tight_log2_bound"][i][idx], z[f"{c}_sampled_count"][i][idx]
+                assert (sampled <= exact).all() and (exact <= np.exp2(tight) * (1 + 1e-6)).all()
+                assert (tight <= paper + 1e-6).all()
+                row = next(r for r in rows if r["epoch"] == epoch and r["category"] == c)
+                assert row["exact_sandwich_violations"] == 0 and row["exact_complete"] and row["exact_n_points"] == 5
+                assert row["exact_mean_count"] == pytest.approx(exact.mean())
+                assert row["exact_num_single_region"] == int((exact == 1).sum())
+                assert row["exact_subset_mean_bound"] == pytest.approx(np.exp2(paper.astype(np.float64)).mean())
+                assert row["exact_subset_tight_mean_log2_bound"] == pytest.approx(tight.mean())
+                assert {"tight_mean_log2_bound", "sampled_mean_count"} <= set(row)
+
+
+def test_exact_subsets_are_fixed_per_key_and_without_repeats():
+    from lr_jax.experiment.experiment import exact_subsets
+
+    sizes = {"train": 30, "test": 30, "random1": 4}
+    a = exact_subsets(run_keys(0).bounds, sizes, 10)
+    b = exact_subsets(run_keys(0).bounds, sizes, 10)
+    c = exact_subsets(run_keys(1).bounds, sizes, 10)
+    for name, n in sizes.items():
+        np.testing.assert_array_equal(a[name], b[name])
+        assert len(set(a[name].tolist())) == min(10, n) and a[name].max() < n
+        assert (np.diff(a[name]) > 0).all()
+    assert not np.array_equal(a["train"], a["test"])  # each category its own draw
+    assert not np.array_equal(a["train"], c["train"])  # each seed its own draw
+    np.testing.assert_array_equal(a["random1"], np.arange(4))  # k above n: every point
 
 
 def test_real_test_split_replaces_the_embedded_half(tmp_path):

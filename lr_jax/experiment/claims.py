@@ -196,14 +196,32 @@ def _interval_row(setting: dict, claim: int, test: str, category: str, metric: s
     return {**setting, "claim": claim, "test": test, "category": category, "metric": metric, **e._asdict()}
 
 
+# The local-complexity measures claims 1, 3, 4 and 5 can be judged on, and the matching
+# single-region count of claim 5: Algorithm 1's C on every point, the exact count on the
+# counted subset (bound=sandwich), and C on that same subset (to tell a subset effect apart).
+SINGLE_REGION_METRIC = {
+    "mean_log2_bound": "num_single_region",
+    "exact_mean_log2_count": "exact_num_single_region",
+    "exact_subset_mean_log2_bound": "exact_subset_num_single_region",
+}
+MEASURE_NAMES = {
+    "mean_log2_bound": "bound C, all points",
+    "exact_subset_mean_log2_bound": "bound C, counted subset",
+    "exact_mean_log2_count": "exact count (log2), counted subset",
+}
+
+
 def claim_intervals(rows: Sequence[dict], metric: str = "mean_log2_bound") -> list[dict]:
     """Each claim as a per-seed statistic with a 95 % bootstrap interval (:mod:`claim_statistics`).
 
     A claim holds for a (lr, depth) only when its interval excludes zero in
     the claimed direction. ``metric`` is the local-complexity measure judged
-    in claims 1, 3 and 4: ``mean_log2_bound`` (mean ``C``), or a true count
-    such as ``exact_mean_log2_count`` when the rows carry one; claim 2 reads
-    ``mean_single_region_radius`` and claim 5 ``num_single_region``.
+    in claims 1, 3 and 4: ``mean_log2_bound`` (mean ``C``), or
+    ``exact_mean_log2_count`` (mean log2 of the exact count on the counted
+    subset) or ``exact_subset_mean_log2_bound`` (mean ``C`` on that subset)
+    when the rows carry them; claim 5 reads the matching number of balls
+    meeting a single region (:data:`SINGLE_REGION_METRIC`), and claim 2
+    (``mean_single_region_radius``) is judged with ``mean_log2_bound`` only.
 
     Returns:
       One dict per (lr, depth, claim, test, category) with the
@@ -228,8 +246,9 @@ def claim_intervals(rows: Sequence[dict], metric: str = "mean_log2_bound") -> li
                     up, down = cs.rise_then_dip(traj(cat, "mean_single_region_radius"))
                     out.append(_interval_row(setting, 2, "rise to the maximum", cat, "mean_single_region_radius", up))
                     out.append(_interval_row(setting, 2, "fall after the maximum", cat, "mean_single_region_radius", down))
-                    out.append(_interval_row(setting, 5, "growth, first to last epoch", cat, "num_single_region",
-                                             cs.growth(traj(cat, "num_single_region"))))
+                single = SINGLE_REGION_METRIC.get(metric)
+                if single is not None:
+                    out.append(_interval_row(setting, 5, "growth, first to last epoch", cat, single, cs.growth(traj(cat, single))))
             for clear in CATEGORIES[:2]:
                 for random in CATEGORIES[2:]:
                     e = cs.clearer_trend(traj(clear, metric), traj(random, metric))
@@ -252,4 +271,46 @@ def intervals_markdown(intervals: Sequence[dict], title: str) -> str:
         lines.append(f"| {r['claim']} | {r['lr']} | {r['depth']} | {r['test']} | {r['category']} | {r['metric']} | "
                      f"{ci} | {'held' if e.held else 'not held'} ({e.n_seeds} seeds) |")
     lines.append("")
+    return "\n".join(lines)
+
+
+def agreement_markdown(intervals: Sequence[dict], measures: Sequence[str] = tuple(MEASURE_NAMES)) -> str:
+    """Where the verdicts on the bound and on the exact counts agree: one row per claim test and setting.
+
+    Args:
+      intervals: :func:`claim_intervals` rows of several ``measures`` together.
+      measures: the metrics compared, as columns (claim 5 is matched through
+        :data:`SINGLE_REGION_METRIC`).
+
+    Returns:
+      A markdown table with each measure's mean, interval and verdict, and
+      whether the verdicts agree; empty when fewer than two measures are present.
+    """
+    single = {v: k for k, v in SINGLE_REGION_METRIC.items()}
+    cells: dict[tuple, dict] = {}
+    for r in intervals:
+        measure = single.get(r["metric"], r["metric"])
+        if measure not in measures or r["claim"] == 2:
+            continue
+        cells.setdefault((r["claim"], r["lr"], r["depth"], r["test"], r["category"]), {})[measure] = r
+    present = [m for m in measures if any(m in c for c in cells.values())]
+    if len(present) < 2:
+        return ""
+    head = ["claim", "lr", "depth", "test", "category", *(MEASURE_NAMES.get(m, m) for m in present), "verdicts agree"]
+    lines = ["### Verdicts on the bound and on the exact counts", "", "| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    agree = 0
+    for key in sorted(cells, key=lambda k: (k[0], -k[1], k[2], k[3])):
+        row = cells[key]
+        verdicts = {m: row[m]["held"] for m in present if m in row}
+        same = len(set(verdicts.values())) == 1
+        agree += same
+        shown = []
+        for m in present:
+            if m not in row:
+                shown.append("")
+                continue
+            e = row[m]
+            shown.append(f"{'held' if e['held'] else 'not held'}: {e['mean']:+.3g} [{e['low']:.3g}, {e['high']:.3g}]")
+        lines.append("| " + " | ".join(str(v) for v in (*key, *shown, "yes" if same else "**no**")) + " |")
+    lines += ["", f"Verdicts agree on {agree} of {len(cells)} tests.", ""]
     return "\n".join(lines)

@@ -29,6 +29,7 @@ from omegaconf import II, DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
 from lr_jax.experiment.datasets import CATEGORIES, CategoryArgumentError, check_category_args
+from lr_jax.experiment.models import INIT_SCALES
 from lr_jax.experiment.mnist_io import IDX_FILES, SOURCES, missing_idx_files, per_class_available
 
 OPTIMIZERS = ("sgd", "adam")
@@ -78,7 +79,8 @@ class ModelConfig:
     depth: int = II("depth")  # set with the alias depth=
     width: int = II("width")  # set with the alias width=
     num_outputs: int = 2
-    init_std: Optional[float] = None  # None: N(0, 1/fan_in) kernels
+    init_std: Optional[float] = None  # None: kernels N(0, s/fan_in) with s set by init
+    init: str = "lecun"  # lecun: N(0, 1/fan_in); he: N(0, 2/fan_in)
 
 
 @dataclass
@@ -108,7 +110,7 @@ class BoundConfig:
     methods: List[str] = field(default_factory=lambda: ["paper"])  # add tight, sampled, exact
     num_samples: int = 256  # sampled: points drawn per ball
     num_chords: int = 8  # sampled: exact chords per ball
-    exact_points: int = 20  # exact: points per category counted exactly
+    exact_points: int = 200  # exact: points per category counted exactly (a fixed random subset per run)
     exact_max_regions: int = 20000
     chunk_size: Optional[int] = None  # pairs per chunk inside local_bounds; None: its default
 
@@ -217,6 +219,8 @@ def validate(cfg: Any) -> None:
         _fail("width", cfg.width, "need width >= 1.")
     if cfg.model.num_outputs < 2:
         _fail("model.num_outputs", cfg.model.num_outputs, "a classifier needs at least 2 outputs (the experiment uses 2).")
+    if cfg.model.init not in INIT_SCALES:
+        _fail("model.init", cfg.model.init, f"must be one of {', '.join(INIT_SCALES)}.")
     if cfg.model.init_std is not None and not cfg.model.init_std > 0:
         _fail("model.init_std", cfg.model.init_std, "must be > 0, or null for 1/sqrt(fan_in).")
     if not cfg.lr > 0:

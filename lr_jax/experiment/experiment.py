@@ -55,6 +55,34 @@ def is_stacked(cfg: Any) -> bool:
     return len(run_seeds(cfg)) > 1
 
 
+# fold_in tag of the exact-count subsets: far from the epochs folded into the same bounds key.
+_SUBSET_TAG = 2**31 - 1
+
+
+def exact_subsets(bounds_key: jax.Array, sizes: dict[str, int], k: int) -> dict[str, np.ndarray]:
+    """The points of each category whose regions are counted exactly, fixed for the whole run.
+
+    ``min(k, n)`` indices per category drawn without replacement with
+    ``fold_in(fold_in(bounds_key, 2**31 - 1), category index)`` and sorted:
+    chosen once from the run's key, so every evaluation, a resume and a
+    separate run of the same seed count the same points.
+
+    Args:
+      bounds_key: the run's ``RunKeys.bounds``.
+      sizes: ``{category: n}`` in :data:`CATEGORIES` order.
+      k: ``bound.exact_points``.
+
+    Returns:
+      ``{category: indices [min(k, n)]}`` (int64).
+    """
+    key = jax.random.fold_in(bounds_key, _SUBSET_TAG)
+    out = {}
+    for i, (name, n) in enumerate(sizes.items()):
+        idx = jax.random.choice(jax.random.fold_in(key, i), n, (min(int(k), int(n)),), replace=False)
+        out[name] = np.sort(np.asarray(idx, np.int64))
+    return out
+
+
 def stack_trees(trees: Sequence[Any]) -> Any:
     """Pytrees of one structure stacked leaf by leaf on a new leading (seed) axis."""
     return jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees)

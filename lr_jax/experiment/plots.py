@@ -89,6 +89,17 @@ def _panel(ax, summary, lr, metric, ylabel, letter, band: str = "std"):
     ax.grid(alpha=0.3)
 
 
+def _share_y(a, b) -> None:
+    """One y range for two panels, so that the exact counts and the bound on them compare by eye."""
+    if a.get_yscale() != b.get_yscale():
+        a.set_yscale("log")
+        b.set_yscale("log")
+    low = min(a.get_ylim()[0], b.get_ylim()[0])
+    high = max(a.get_ylim()[1], b.get_ylim()[1])
+    for ax in (a, b):
+        ax.set_ylim(low, high)
+
+
 def plot_figure3(summary: Sequence[dict], out_dir: str | Path, stem: str = "figure3") -> list[Path]:
     """The paper's Figure 3 from a sweep summary, plus the single-region radius panels.
 
@@ -97,7 +108,11 @@ def plot_figure3(summary: Sequence[dict], out_dir: str | Path, stem: str = "figu
     mean of ``2^C`` is dominated by a few points and spans orders of magnitude,
     where a +-1 std band would cross zero on the log axis), (b) number of
     points with a single region at lr 0.02 (mean over seeds, shaded +- one
-    standard deviation), (c), (d) the same at lr 0.001 (depth as line style); ``{stem}_radius.png/.pdf``: the mean
+    standard deviation), (c), (d) the same at lr 0.001 (depth as line style).
+    When the rows carry exact counts (``bound=sandwich``) each learning rate
+    gains two panels: the mean exact number of regions meeting the balls of
+    the counted subset, and the mean ``2^C`` on that same subset (one y range
+    for both). ``{stem}_radius.png/.pdf``: the mean
     distance to the nearest region boundary at each learning rate; and
     ``{stem}_log2.png/.pdf``: mean ``C`` (log2 of the bound).
 
@@ -115,13 +130,20 @@ def plot_figure3(summary: Sequence[dict], out_dir: str | Path, stem: str = "figu
             written.append(path)
         plt.close(fig)
 
-    fig = plt.figure(figsize=(13, 4.5 * len(lrs)))
-    letters = iter("abcdefghij")
-    axes = fig.subplots(len(lrs), 2, squeeze=False)
+    counted = any("exact_mean_count_q50" in r for r in summary)
+    fig = plt.figure(figsize=(13 * (2 if counted else 1), 4.5 * len(lrs)))
+    letters = iter("abcdefghijklmnop")
+    axes = fig.subplots(len(lrs), 4 if counted else 2, squeeze=False)
     for i, lr in enumerate(lrs):
         _panel(axes[i, 0], summary, lr, "mean_bound", "mean upper bound of local regions (2^C), median over seeds",
                next(letters), band="iqr")
         _panel(axes[i, 1], summary, lr, "num_single_region", "points with a single region (C = 0)", next(letters))
+        if counted:  # the true number of regions beside the bound, on the same subset of points
+            _panel(axes[i, 2], summary, lr, "exact_mean_count", "mean exact number of regions (subset), median over seeds",
+                   next(letters), band="iqr")
+            _panel(axes[i, 3], summary, lr, "exact_subset_mean_bound", "mean upper bound 2^C (same subset), median over seeds",
+                   next(letters), band="iqr")
+            _share_y(axes[i, 2], axes[i, 3])
     axes[0, 0].legend(fontsize=8, ncol=2)
     fig.tight_layout()
     save(fig, stem)

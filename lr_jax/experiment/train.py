@@ -77,6 +77,7 @@ from lr_jax.experiment.experiment import (
     category_points,
     check_per_class_used,
     data_record,
+    exact_subsets,
     load_categories,
     run_keys,
     run_seeds,
@@ -221,11 +222,16 @@ def device_bounds(layers, points: dict[str, jax.Array], bound_cfg, key: jax.Arra
     return out
 
 
-def category_results(layers, points: dict[str, Any], bound_cfg, arrays: dict[str, np.ndarray]) -> dict[str, dict]:
+def category_results(
+    layers, points: dict[str, Any], bound_cfg, arrays: dict[str, np.ndarray], subsets: dict[str, np.ndarray] | None = None
+) -> dict[str, dict]:
     """Per category, the per-point arrays of :func:`device_bounds` and their summary.
 
     Runs the exact counter (host NumPy and a conic solver, not vmappable) when
-    ``exact`` is in ``bound.methods``.
+    ``exact`` is in ``bound.methods``, on the points ``subsets[category]``
+    (:func:`lr_jax.experiment.experiment.exact_subsets`; the first
+    ``bound.exact_points`` when None), and summarises every other bound on
+    that same subset beside it (:func:`_exact_counts`).
 
     Returns:
       Per category, ``{"log2_bound": [n], "single_region_radius": [n],
@@ -247,7 +253,9 @@ def category_results(layers, points: dict[str, Any], bound_cfg, arrays: dict[str
             summary["sampled_mean_count"] = float(np.mean(sampled))
             summary["sampled_mean_log2_count"] = float(np.mean(np.log2(sampled)))
         if "exact" in bound_cfg.methods:
-            res.update(_exact_counts(layers, points[name], bound_cfg, summary))
+            n = points[name].shape[0]
+            index = np.arange(min(bound_cfg.exact_points, n)) if subsets is None else np.asarray(subsets[name])
+            res.update(_exact_counts(layers, points[name], index, bound_cfg, res, summary))
         res["summary"] = summary
         out[name] = res
         steps.update()
@@ -255,29 +263,70 @@ def category_results(layers, points: dict[str, Any], bound_cfg, arrays: dict[str
     return out
 
 
-def evaluate_bounds(layers, points: dict[str, jax.Array], bound_cfg, key: jax.Array) -> dict[str, dict]:
+def evaluate_bounds(
+    layers, points: dict[str, jax.Array], bound_cfg, key: jax.Array, subsets: dict[str, np.ndarray] | None = None
+) -> dict[str, dict]:
     """Every configured bound around every point of every category (one seed).
 
     Returns:
       :func:`category_results` of :func:`device_bounds`.
     """
     arrays = {k: np.asarray(v) for k, v in device_bounds(layers, points, bound_cfg, key).items()}
-    return category_results(layers, points, bound_cfg, arrays)
+    return category_results(layers, points, bound_cfg, arrays, subsets)
 
 
-def _exact_counts(layers, xs, bound_cfg, summary: dict) -> dict:
-    """Exact region counts around the first ``bound.exact_points`` points (adds their summary)."""
+# log2 slack of the sandwich check: the tight bound is a float32 sum of log2 terms.
+_LOG2_TOL = 1e-4
+
+
+def _exact_counts(layers, xs, index: np.ndarray, bound_cfg, res: dict, summary: dict) -> dict:
+    """Exact region counts around the points ``xs[index]``, and every bound on that subset.
+
+    Adds to ``summary``: ``exact_n_points``, ``exact_complete`` (no ball hit
+    ``bound.exact_max_regions``), ``exact_mean_count``, ``exact_mean_log2_count``,
+    ``exact_num_single_region`` (balls meeting one region), Algorithm 1's
+    bound on the same points (``exact_subset_mean_bound``: mean ``2^C``,
+    ``exact_subset_mean_log2_bound``, ``exact_subset_num_single_region``), the
+    tight and sampled bounds there when computed, and
+    ``exact_sandwich_violations``: points where
+    ``sampled <= exact <= 2^tight <= 2^C`` fails, which must be 0 (a count
+    stopped at the cap is a lower bound of the true one: it is checked against
+    the upper bounds only).
+
+    Returns:
+      ``{"exact_count": [k], "exact_index": [k]}``.
+    """
     from lr_jax import count_regions  # the exact counter needs a conic solver: only when asked for
 
     r = bound_cfg.radius
-    k = min(bound_cfg.exact_points, xs.shape[0])
-    counts = [count_regions(layers, np.asarray(x), r, max_regions=bound_cfg.exact_max_regions) for x in xs[:k]]
-    c = np.array([rc.count for rc in counts])
-    summary["exact_n_points"] = int(k)
-    summary["exact_complete"] = bool(all(rc.complete for rc in counts))
-    summary["exact_mean_count"] = float(np.mean(c)) if k else None
-    summary["exact_mean_log2_count"] = float(np.mean(np.log2(c))) if k else None
-    return {"exact_count": c}
+    xs = np.asarray(xs)
+    counts = [count_regions(layers, xs[i], r, max_regions=bound_cfg.exact_max_regions) for i in index]
+    c = np.array([rc.count for rc in counts], np.int64)
+    complete = np.array([rc.complete for rc in counts], bool)
+    k = int(index.size)
+    paper = np.asarray(res["log2_bound"], np.float64)[index]
+    log2_c = np.log2(np.maximum(c, 1))
+    ok = log2_c <= paper + _LOG2_TOL
+    summary.update({
+        "exact_n_points": k,
+        "exact_complete": bool(complete.all()),
+        "exact_mean_count": float(np.mean(c)) if k else None,
+        "exact_mean_log2_count": float(np.mean(log2_c)) if k else None,
+        "exact_num_single_region": int(np.sum(c == 1)),
+        "exact_subset_mean_bound": float(np.mean(np.exp2(paper))) if k else None,
+        "exact_subset_mean_log2_bound": float(np.mean(paper)) if k else None,
+        "exact_subset_num_single_region": int(np.sum(paper == 0)),
+    })
+    if "tight_log2_bound" in res:
+        tight = np.asarray(res["tight_log2_bound"], np.float64)[index]
+        ok &= (tight <= paper + _LOG2_TOL) & (log2_c <= tight + _LOG2_TOL)
+        summary["exact_subset_tight_mean_log2_bound"] = float(np.mean(tight)) if k else None
+    if "sampled_count" in res:
+        sampled = np.asarray(res["sampled_count"])[index]
+        ok &= ~complete | (sampled <= c)  # a count stopped at the cap is itself only a lower bound
+        summary["exact_subset_sampled_mean_log2_count"] = float(np.mean(np.log2(sampled))) if k else None
+    summary["exact_sandwich_violations"] = int(np.sum(~ok))
+    return {"exact_count": c, "exact_index": np.asarray(index, np.int64)}
 
 
 class EvalRecord(NamedTuple):
@@ -343,7 +392,8 @@ def evaluate(run: "Run", state: TrainState, epoch: int) -> EvalRecord:
     """
     if run.stacked:
         return _evaluate_stacked(run, state, epoch)
-    result = evaluate_bounds(layers_from_flax(state.params), run.points, run.cfg.bound, jax.random.fold_in(run.keys.bounds, epoch))
+    key = jax.random.fold_in(run.keys.bounds, epoch)
+    result = evaluate_bounds(layers_from_flax(state.params), run.points, run.cfg.bound, key, run.subsets)
     common = _common_fields(*classifier_metrics(state, run.cats.train_x, run.cats.train_y), *classifier_metrics(state, run.cats.test_x, run.cats.test_y))
     rows, per_point = _rows_and_arrays(epoch, run.cfg.bound.radius, result, common, None)
     return EvalRecord(epoch, rows, per_point)
@@ -360,7 +410,8 @@ def _evaluate_stacked(run: "Run", state: TrainState, epoch: int) -> EvalRecord:
     ):
         points = {name: points[name] for name in run.points}  # pytree maps sort dict keys: back to CATEGORIES order
         # The exact counter reads each seed's own layers on the host.
-        result = category_results(layers_from_flax(params), points, run.cfg.bound, seed_arrays)
+        subsets = {name: idx[i] for name, idx in run.subsets.items()}
+        result = category_results(layers_from_flax(params), points, run.cfg.bound, seed_arrays, subsets)
         common = _common_fields(*(float(v) for v in metrics[:, i]))
         seed_rows, seed_points = _rows_and_arrays(epoch, run.cfg.bound.radius, result, common, seed)
         rows.extend(seed_rows)
@@ -388,6 +439,7 @@ class Run(NamedTuple):
     per_point: dict  # bounds.npz arrays up to start_epoch
     seeds: tuple = ()  # the run's seeds (one for a single run)
     eval_fn: Any = None  # stacked runs: make_stacked_eval_fn
+    subsets: Any = None  # {category: indices [k]} counted exactly ([K, k] stacked): exact_subsets
 
     @property
     def stacked(self) -> bool:
@@ -433,6 +485,7 @@ def check_resume(cfg, workdir: Path) -> int | None:
         raise config_lib.ConfigError(f"invalid config resume=true: {workdir} holds no run to resume; start it without resume=true.")
     recorded = read_yaml(recorded_path, what="recorded config")
     recorded.setdefault("seeds", 1)  # a run recorded before `seeds` existed trained one seed
+    recorded.setdefault("model", {}).setdefault("init", "lecun")  # ... and before `model.init`, LeCun normal
     current = _resolved(cfg)
     lost = sorted(set(config_lib.flat_keys(current)) - set(config_lib.flat_keys(recorded)))
     if lost:
@@ -553,11 +606,18 @@ def setup_run(cfg, workdir: Path, start: int | None) -> Run:
         rows, per_point = _records_up_to(cfg, workdir, start)
         state = checkpoints.restore_state(workdir, start, state)
         log.info("resuming from the checkpoint of epoch %d (train state step %d)", start, int(np.max(state.step)))
-    return Run(cfg, workdir, keys, cats, points, epoch_fn, state, -1 if start is None else start, rows, per_point, seeds, eval_fn)
+    sizes = {name: int(x.shape[-2]) for name, x in points.items()}
+    if stacked:
+        per_seed = [exact_subsets(k, sizes, cfg.bound.exact_points) for k in keys.bounds]
+        subsets = {name: np.stack([p[name] for p in per_seed]) for name in sizes}
+    else:
+        subsets = exact_subsets(keys.bounds, sizes, cfg.bound.exact_points)
+    start_epoch = -1 if start is None else start
+    return Run(cfg, workdir, keys, cats, points, epoch_fn, state, start_epoch, rows, per_point, seeds, eval_fn, subsets)
 
 
 def _model_and_optimizer(cfg) -> tuple[MLP, optax.GradientTransformation]:
-    model = MLP(depth=cfg.depth, width=cfg.width, num_outputs=cfg.model.num_outputs, init_std=cfg.model.init_std)
+    model = MLP(depth=cfg.depth, width=cfg.width, num_outputs=cfg.model.num_outputs, init_std=cfg.model.init_std, init_name=cfg.model.init)
     return model, make_optimizer(cfg.optim)
 
 
