@@ -1,65 +1,63 @@
-"""Aggregate a Figure 3 sweep and draw its figures: ``python scripts/plot.py MULTIRUN_DIR [--out DIR]``.
+"""Report a sweep: ``python scripts/plot.py MULTIRUN_DIR [MULTIRUN_DIR ...] [--out DIR] [--labels a,b]``.
 
-Writes ``summary.csv``, ``claims.json``, ``claim_intervals.json`` and
-``claims.md`` (the paper's five observations checked per (lr, depth), and
-each as a per-seed statistic with a 95 % bootstrap interval over seeds,
-lr_jax.experiment.claims), (mean, std and n over seeds of every metric per
-(lr, depth, category, epoch)), ``missing_jobs.json``, ``figure3.png/.pdf``,
-``figure3_radius.png/.pdf`` and ``figure3_log2.png/.pdf``. Thin wrapper over
-lr_jax.experiment.sweep and lr_jax.experiment.plots.
+One folder: writes ``summary.csv``, ``claims.json``, ``claim_intervals.json``,
+``claims.md`` (the paper's five observations per (lr, depth), each also as a
+per-seed statistic with a 95 % bootstrap interval over seeds; on the exact
+counts too when the runs counted regions), ``missing_jobs.json`` and the
+Figure 3 images (``figure3``, ``figure3_radius``, ``figure3_log2`` .png/.pdf)
+into ``--out`` (default: the folder).
+
+Several folders (one setting each, e.g. ``outputs/multirun/robustness/*/``):
+each gets its own report (in ``--out/<name>`` when ``--out`` is given, else
+in the folder), and ``--out`` (required) gets ``robustness.md``,
+``robustness_intervals.json`` and ``robustness_mean_c.png/.pdf``: every claim
+x setting. Names are the folders' names, or ``--labels``.
+Thin wrapper over lr_jax.experiment.sweep_report.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path
 
-from lr_jax.experiment.claims import check_claims, claim_intervals, claims_markdown, intervals_markdown
-from lr_jax.experiment.plots import plot_figure3
 from lr_jax.experiment.run_files import RunFileError
-from lr_jax.experiment.sweep import collect_runs, summarise, write_csv
+from lr_jax.experiment.sweep_report import report_settings, report_sweep, setting_names
 
 log = logging.getLogger("plot")
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("multirun_dir", type=Path)
-    p.add_argument("--out", type=Path, default=None, help="output folder (default: MULTIRUN_DIR)")
+    p.add_argument("multirun_dirs", type=Path, nargs="+", metavar="MULTIRUN_DIR")
+    p.add_argument("--out", type=Path, default=None, help="output folder (one sweep: default MULTIRUN_DIR; several: required)")
+    p.add_argument("--labels", default=None, help="several sweeps: comma-separated setting names (default: folder names)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    dirs, several = args.multirun_dirs, len(args.multirun_dirs) > 1
     try:
-        runs = collect_runs(args.multirun_dir)
+        if several and args.out is None:
+            raise ValueError("several sweep folders need --out DIR for the report comparing them.")
+        names = setting_names(dirs, args.labels.split(",") if args.labels else None)
+        reports = {}
+        for name, d in zip(names, dirs):
+            out = (args.out / name if several else args.out) if args.out else d
+            reports[name] = report = report_sweep(d, out)
+            for path in report.written:
+                log.info("wrote %s", path)
+            log.info("%s: %d complete jobs, %d missing", name, len(report.runs.complete), len(report.runs.missing))
+            for m in report.runs.missing:
+                log.warning("missing job lr=%s depth=%s seed=%s: %s", m["lr"], m["depth"], m["seed"], m["reason"])
+        if several:
+            for path in report_settings(reports, args.out):
+                log.info("wrote %s", path)
     except (FileNotFoundError, RunFileError) as e:  # no such folder, or a job's damaged file (named)
         log.error("%s", e)
         return 2
-    if not runs.rows:
-        log.error("no complete job under %s (missing: %d).", args.multirun_dir, len(runs.missing))
+    except ValueError as e:  # no complete job, or bad arguments
+        log.error("%s", e)
         return 1
-    out = args.out or args.multirun_dir
-    out.mkdir(parents=True, exist_ok=True)
-    summary = summarise(runs.rows)
-    write_csv(summary, out / "summary.csv")
-    (out / "missing_jobs.json").write_text(json.dumps(runs.missing, indent=2) + "\n")
-    claims = check_claims(runs.rows)
-    (out / "claims.json").write_text(json.dumps(claims, indent=2) + "\n")
-    intervals = claim_intervals(runs.rows) + claim_intervals(runs.rows, "exact_mean_log2_count")
-    (out / "claim_intervals.json").write_text(json.dumps(intervals, indent=2) + "\n")
-    (out / "claims.md").write_text(
-        claims_markdown(claims)
-        + intervals_markdown([r for r in intervals if r["metric"] != "exact_mean_log2_count"],
-                             "Verdicts with 95 % intervals over seeds (upper bound C)")
-        + intervals_markdown([r for r in intervals if r["metric"] == "exact_mean_log2_count"],
-                             "Verdicts with 95 % intervals over seeds (exact counts, log2)")
-    )
-    for path in plot_figure3(summary, out):
-        log.info("wrote %s", path)
-    log.info("%d complete jobs, %d missing", len(runs.complete), len(runs.missing))
-    for m in runs.missing:
-        log.warning("missing job lr=%s depth=%s seed=%s: %s", m["lr"], m["depth"], m["seed"], m["reason"])
     return 0
 
 

@@ -28,12 +28,12 @@ TINY = [
 ]
 
 
-def compose_train(overrides=()):
-    """The composed ``train`` config with ``overrides`` (Hydra syntax)."""
+def compose_train(overrides=(), return_hydra: bool = False):
+    """The composed ``train`` config with ``overrides`` (Hydra syntax); with the ``hydra`` node if asked."""
     register_configs()
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        return compose(config_name="train", overrides=list(overrides))
+        return compose(config_name="train", overrides=list(overrides), return_hydra_config=return_hydra)
 
 
 @pytest.fixture

@@ -76,3 +76,40 @@ def test_claim_intervals_on_known_trajectories():
     assert held[(3, "relative drop, train minus random2", "train")]
     assert "| 1 | 0.02 | 2 | drop to the minimum | train |" in intervals_markdown(out, "t")
     assert claim_intervals(rows, "exact_mean_log2_count") == []
+
+
+def _planted_rows(exact_effect: bool, seeds=range(8)):
+    """Bound falls then rises on train/test; the exact count does too only with ``exact_effect``."""
+    rng = np.random.default_rng(1)
+    rows = []
+    for seed in seeds:
+        for e in range(0, 11, 2):
+            for cat, base in (("train", 3.0), ("test", 3.0), ("random1", 2.0), ("random2", 1.0)):
+                u = (e - 6) ** 2 / 36.0 if cat in ("train", "test") else 0.0
+                c = base + 0.5 * u + 0.02 * rng.normal()
+                x = base - 1 + (0.5 * u if exact_effect else 0.0) + 0.02 * rng.normal()
+                rows.append({"lr": 0.02, "depth": 2, "seed": seed, "epoch": e, "category": cat,
+                             "mean_log2_bound": c, "mean_single_region_radius": 1.0 / c, "num_single_region": 10 + e,
+                             "exact_mean_log2_count": x, "exact_num_single_region": 5 + (e if exact_effect else 0),
+                             "exact_subset_mean_log2_bound": c, "exact_subset_num_single_region": 5 + e})
+    return rows
+
+
+def test_exact_count_verdicts_and_their_agreement_with_the_bound():
+    from lr_jax.experiment.claims import agreement_markdown, claim_intervals
+
+    for effect in (True, False):
+        rows = _planted_rows(effect)
+        exact = claim_intervals(rows, "exact_mean_log2_count")
+        held = {(r["claim"], r["test"], r["category"]): r["held"] for r in exact}
+        assert held[(1, "drop to the minimum", "train")] is effect
+        assert held[(5, "growth, first to last epoch", "train")] is effect
+        assert {r["metric"] for r in exact if r["claim"] == 5} == {"exact_num_single_region"}
+        assert not any(r["claim"] == 2 for r in exact)  # the distance is judged once, on the bound's rows
+        assert all(r["measure"] == "exact_mean_log2_count" for r in exact)
+        both = claim_intervals(rows) + exact + claim_intervals(rows, "exact_subset_mean_log2_bound")
+        md = agreement_markdown(both)
+        assert "| 1 | 0.02 | 2 | drop to the minimum | train |" in md
+        line = next(l for l in md.splitlines() if l.startswith("| 1 | 0.02 | 2 | drop to the minimum | train |"))
+        assert line.endswith("| yes |") is effect
+    assert agreement_markdown(claim_intervals(rows)) == ""  # one measure: nothing to compare

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from lr_jax.experiment.experiment import CATEGORIES
 from lr_jax.experiment.plots import plot_figure3, plot_run
@@ -44,3 +45,19 @@ def test_mean_bound_band_is_the_interquartile_range_not_a_std_band_crossing_zero
     assert centre[0] == np.median([r["mean_bound"] for r in rows])
     _, mean, mlow, _ = _series(summary, 0.02, 3, "train", "mean_bound", "std")
     assert mlow[0] < 0 < mean[0]  # the band the report no longer draws
+
+
+def _png_width(path) -> int:
+    return int.from_bytes(path.read_bytes()[16:20], "big")
+
+
+@pytest.mark.slow
+def test_figure3_gains_the_exact_count_panels_when_regions_were_counted(tmp_path):
+    rows = _rows(0.02) + _rows(0.001)
+    (tmp_path / "plain").mkdir()
+    plain = plot_figure3(summarise(rows), tmp_path / "plain")
+    counted_rows = [{**r, "exact_mean_count": 1.5 + r["epoch"], "exact_subset_mean_bound": 2.0 + r["epoch"]} for r in rows]
+    (tmp_path / "counted").mkdir()
+    counted = plot_figure3(summarise(counted_rows), tmp_path / "counted")
+    # Two panels per learning rate become four: the figure doubles in width, same height.
+    assert _png_width(counted[0]) == 2 * _png_width(plain[0])

@@ -225,8 +225,9 @@ def claim_intervals(rows: Sequence[dict], metric: str = "mean_log2_bound") -> li
 
     Returns:
       One dict per (lr, depth, claim, test, category) with the
-      :class:`~lr_jax.experiment.claim_statistics.Estimate` fields; empty when
-      the rows lack ``metric``.
+      :class:`~lr_jax.experiment.claim_statistics.Estimate` fields, the
+      ``metric`` the test reads and the ``measure`` judged (the argument);
+      empty when the rows lack ``metric``.
     """
     if not any(metric in r and r[metric] is not None for r in rows):
         return []
@@ -256,7 +257,7 @@ def claim_intervals(rows: Sequence[dict], metric: str = "mean_log2_bound") -> li
             for random in CATEGORIES[2:]:
                 e = cs.paired_difference(traj("train", metric), traj(random, metric))
                 out.append(_interval_row(setting, 4, f"train minus {random}", "train", metric, e))
-    return out
+    return [{**r, "measure": metric} for r in out]
 
 
 def intervals_markdown(intervals: Sequence[dict], title: str) -> str:
@@ -279,17 +280,15 @@ def agreement_markdown(intervals: Sequence[dict], measures: Sequence[str] = tupl
 
     Args:
       intervals: :func:`claim_intervals` rows of several ``measures`` together.
-      measures: the metrics compared, as columns (claim 5 is matched through
-        :data:`SINGLE_REGION_METRIC`).
+      measures: the ``measure`` values compared, as columns.
 
     Returns:
       A markdown table with each measure's mean, interval and verdict, and
       whether the verdicts agree; empty when fewer than two measures are present.
     """
-    single = {v: k for k, v in SINGLE_REGION_METRIC.items()}
     cells: dict[tuple, dict] = {}
     for r in intervals:
-        measure = single.get(r["metric"], r["metric"])
+        measure = r["measure"]
         if measure not in measures or r["claim"] == 2:
             continue
         cells.setdefault((r["claim"], r["lr"], r["depth"], r["test"], r["category"]), {})[measure] = r

@@ -160,3 +160,43 @@ def plot_figure3(summary: Sequence[dict], out_dir: str | Path, stem: str = "figu
         fig.tight_layout()
         save(fig, f"{stem}_{suffix}")
     return written
+
+
+def plot_settings_grid(summaries: dict, out_dir: str | Path, metric: str = "mean_log2_bound",
+                       ylabel: str = "mean C", stem: str = "robustness_mean_c", columns: int = 4) -> list[Path]:
+    """A grid of one metric over epochs: a panel per (setting, learning rate).
+
+    Settings fill rows of ``columns`` panels; each setting's learning rates
+    sit one under the other.
+
+    Args:
+      summaries: ``{setting name: summarise(rows of its sweep)}``, in reading order.
+      out_dir: where ``{stem}.png/.pdf`` are written.
+      metric: the summarised metric (mean over seeds, band +- one std over seeds).
+
+    Returns:
+      The written paths.
+    """
+    out_dir = Path(out_dir)
+    lrs = sorted({r["lr"] for s in summaries.values() for r in s}, reverse=True)
+    cols = min(columns, len(summaries))
+    blocks = -(-len(summaries) // cols)
+    fig, axes = plt.subplots(blocks * len(lrs), cols, figsize=(4.2 * cols, 3.2 * blocks * len(lrs)), squeeze=False)
+    for ax in axes.flat:
+        ax.set_visible(False)
+    for j, (name, summary) in enumerate(summaries.items()):
+        for i, lr in enumerate(lrs):
+            ax = axes[(j // cols) * len(lrs) + i, j % cols]
+            ax.set_visible(True)
+            _panel(ax, summary, lr, metric, ylabel if j % cols == 0 else "", "")
+            ax.set_title(f"{name}, lr = {lr:g}", fontsize=10)
+            ax.set_yscale("linear")
+    axes[0, 0].legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    written = []
+    for ext in ("png", "pdf"):
+        path = out_dir / f"{stem}.{ext}"
+        fig.savefig(path, dpi=100)
+        written.append(path)
+    plt.close(fig)
+    return written
