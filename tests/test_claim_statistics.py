@@ -83,3 +83,10 @@ def test_degenerate_inputs():
     with_nan = cs.seed_interval([np.nan, 1.0, 1.1, 0.9])
     assert with_nan.n_seeds == 3
     assert "held" in cs.format_estimate(same)
+
+
+def test_interval_text_prints_rounding_noise_as_zero():
+    from lr_jax.experiment.claim_statistics import interval_text
+
+    assert interval_text(-2.22e-17, -0.01, 0.0118) == "+0 [-0.01, 0.0118]"
+    assert interval_text(0.0516, -0.0298, 0.162) == "+0.0516 [-0.0298, 0.162]"

@@ -126,3 +126,22 @@ def test_rejects_bad_input_like_the_kernel(xs, radii):
     with pytest.raises(ValueError) as kernel:
         local_bounds(layers, xs, radii)
     assert str(ours.value) == str(kernel.value)
+
+
+def test_a_hyperplane_within_rounding_of_the_sphere_is_not_certified_stable():
+    # A trained net of the Figure-3 sweep (lr 0.02, depth 2, seed 9, epoch 8) and the random2 point
+    # where a layer-2 hyperplane enters the ball by 2.0e-6 of r = 0.4: the exact (float64) count is 3
+    # regions. Without a rounding guard the float32 tight bound certified that neuron stable and
+    # returned 2^1 < 3.
+    from pathlib import Path
+
+    import lr_jax
+
+    with np.load(Path(__file__).parent / "data" / "near_tangent_net.npz") as z:
+        layers = [(z[f"W{i}"], z[f"b{i}"]) for i in range(3)]
+        x = z["x"]
+    exact = lr_jax.count_regions(layers, x, 0.4)
+    assert exact.complete and exact.count == 3
+    tight = float(lr_jax.local_bounds(layers, x[None], [0.4], method="tight").log2_bound[0, 0])
+    paper = float(lr_jax.local_bounds(layers, x[None], [0.4]).log2_bound[0, 0])
+    assert np.log2(exact.count) <= tight <= paper

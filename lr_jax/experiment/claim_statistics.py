@@ -154,7 +154,16 @@ def growth(values) -> Estimate:
     return seed_interval(v[:, -1] - v[:, 0], 1)
 
 
+def interval_text(mean: float, low: float, high: float, digits: int = 3) -> str:
+    """``+0.123 [0.045, 0.201]``; values within 1e-12 of zero (a sum of equal floats) print as 0."""
+
+    def num(x, sign=""):
+        return f"{0.0 if abs(x) < 1e-12 else x:{sign}.{digits}g}"
+
+    return f"{num(mean, '+')} [{num(low)}, {num(high)}]"
+
+
 def format_estimate(e: Estimate, digits: int = 3) -> str:
     """``held: +0.123 [0.045, 0.201]`` as a table cell."""
     verdict = "held" if e.held else "not held"
-    return f"{verdict}: {e.mean:+.{digits}g} [{e.low:.{digits}g}, {e.high:.{digits}g}] (n={e.n_seeds})"
+    return f"{verdict}: {interval_text(e.mean, e.low, e.high, digits)} (n={e.n_seeds})"

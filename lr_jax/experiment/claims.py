@@ -268,7 +268,7 @@ def intervals_markdown(intervals: Sequence[dict], title: str) -> str:
     lines = [f"### {title}", "", "| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for r in sorted(intervals, key=lambda r: (r["claim"], -r["lr"], r["depth"])):
         e = cs.Estimate(*(r[k] for k in cs.Estimate._fields))
-        ci = f"{e.mean:+.3g} [{e.low:.3g}, {e.high:.3g}]"
+        ci = cs.interval_text(e.mean, e.low, e.high)
         lines.append(f"| {r['claim']} | {r['lr']} | {r['depth']} | {r['test']} | {r['category']} | {r['metric']} | "
                      f"{ci} | {'held' if e.held else 'not held'} ({e.n_seeds} seeds) |")
     lines.append("")
@@ -309,7 +309,7 @@ def agreement_markdown(intervals: Sequence[dict], measures: Sequence[str] = tupl
                 shown.append("")
                 continue
             e = row[m]
-            shown.append(f"{'held' if e['held'] else 'not held'}: {e['mean']:+.3g} [{e['low']:.3g}, {e['high']:.3g}]")
+            shown.append(f"{'held' if e['held'] else 'not held'}: {cs.interval_text(e['mean'], e['low'], e['high'])}")
         lines.append("| " + " | ".join(str(v) for v in (*key, *shown, "yes" if same else "**no**")) + " |")
     lines += ["", f"Verdicts agree on {agree} of {len(cells)} tests.", ""]
     return "\n".join(lines)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Mapping, Sequence
 
+from lr_jax.experiment.claim_statistics import interval_text
 from lr_jax.experiment.claims import claim_intervals
 
 # The key test of each claim, shown with its number in the claim x setting table:
@@ -102,7 +103,7 @@ def robustness_markdown(intervals: Sequence[dict], title: str = "How robust are 
                 if r is None:
                     cells.append("")
                     continue
-                text = f"{r['mean']:+.3g} [{r['low']:.3g}, {r['high']:.3g}]"
+                text = interval_text(r["mean"], r["low"], r["high"])
                 cells.append(f"**{text}**" if r["held"] else text)
             lines.append(f"| {claim} | {lr:g} | {depth} | {test} ({category}) | " + " | ".join(cells) + " |")
     lines.append("")
