@@ -24,6 +24,7 @@ def test_plot_run_writes_a_png(tmp_path):
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
 
 
+@pytest.mark.slow  # matplotlib at full size; the fast tier draws one run's panels
 def test_plot_figure3_writes_every_panel(tmp_path):
     summary = summarise(_rows(0.02) + _rows(0.001) + _rows(0.02, depth=3))
     written = plot_figure3(summary, tmp_path)

@@ -110,6 +110,7 @@ def test_summary_means_and_stds_are_exact(synthetic_multirun):
     assert row["mean_single_region_radius_mean"] == pytest.approx(0.05)
 
 
+@pytest.mark.slow  # scripts/plot.py end to end; the fast tier keeps its failure path
 def test_plot_script_writes_figures_and_summary(synthetic_multirun, tmp_path):
     out = tmp_path / "figs"
     proc = subprocess.run(

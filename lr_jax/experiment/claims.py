@@ -275,16 +275,21 @@ def intervals_markdown(intervals: Sequence[dict], title: str) -> str:
     return "\n".join(lines)
 
 
-def agreement_markdown(intervals: Sequence[dict], measures: Sequence[str] = tuple(MEASURE_NAMES)) -> str:
+def agreement_markdown(intervals: Sequence[dict], measures: Sequence[str] = tuple(MEASURE_NAMES),
+                       reference: str = "exact_mean_log2_count") -> str:
     """Where the verdicts on the bound and on the exact counts agree: one row per claim test and setting.
 
     Args:
       intervals: :func:`claim_intervals` rows of several ``measures`` together.
-      measures: the ``measure`` values compared, as columns.
+      measures: the ``measure`` values shown, as columns.
+      reference: the measure the others are compared with (the exact counts).
 
     Returns:
-      A markdown table with each measure's mean, interval and verdict, and
-      whether the verdicts agree; empty when fewer than two measures are present.
+      A markdown table with each measure's mean, interval and verdict, and per
+      other measure whether its verdict is the reference's, then how many
+      agree; empty when the reference or every other measure is absent.
+      Comparing the bound on the counted subset with the exact count on it
+      separates what the bound changes from what the smaller sample changes.
     """
     cells: dict[tuple, dict] = {}
     for r in intervals:
@@ -293,23 +298,32 @@ def agreement_markdown(intervals: Sequence[dict], measures: Sequence[str] = tupl
             continue
         cells.setdefault((r["claim"], r["lr"], r["depth"], r["test"], r["category"]), {})[measure] = r
     present = [m for m in measures if any(m in c for c in cells.values())]
-    if len(present) < 2:
+    others = [m for m in present if m != reference]
+    if reference not in present or not others:
         return ""
-    head = ["claim", "lr", "depth", "test", "category", *(MEASURE_NAMES.get(m, m) for m in present), "verdicts agree"]
+    name = {m: MEASURE_NAMES.get(m, m) for m in present}
+    head = ["claim", "lr", "depth", "test", "category", *(name[m] for m in present),
+            *(f"exact agrees with {name[m]}" for m in others)]
     lines = ["### Verdicts on the bound and on the exact counts", "", "| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
-    agree = 0
+    agree = {m: [0, 0] for m in others}
     for key in sorted(cells, key=lambda k: (k[0], -k[1], k[2], k[3])):
         row = cells[key]
-        verdicts = {m: row[m]["held"] for m in present if m in row}
-        same = len(set(verdicts.values())) == 1
-        agree += same
         shown = []
         for m in present:
-            if m not in row:
-                shown.append("")
+            e = row.get(m)
+            shown.append("" if e is None else
+                         f"{'held' if e['held'] else 'not held'}: {cs.interval_text(e['mean'], e['low'], e['high'])}")
+        verdicts = []
+        for m in others:
+            if m not in row or reference not in row:
+                verdicts.append("")
                 continue
-            e = row[m]
-            shown.append(f"{'held' if e['held'] else 'not held'}: {cs.interval_text(e['mean'], e['low'], e['high'])}")
-        lines.append("| " + " | ".join(str(v) for v in (*key, *shown, "yes" if same else "**no**")) + " |")
-    lines += ["", f"Verdicts agree on {agree} of {len(cells)} tests.", ""]
+            same = row[m]["held"] == row[reference]["held"]
+            agree[m][0] += same
+            agree[m][1] += 1
+            verdicts.append("yes" if same else "**no**")
+        lines.append("| " + " | ".join(str(v) for v in (*key, *shown, *verdicts)) + " |")
+    lines.append("")
+    lines += [f"The exact counts' verdict equals that of {name[m]} in {a} of {n} tests." for m, (a, n) in agree.items()]
+    lines.append("")
     return "\n".join(lines)
