@@ -299,6 +299,18 @@ def _constraint_matrix(normals: np.ndarray) -> sp.csc_matrix:
     return sp.csc_matrix((data, indices, indptr), shape=(m + 2 + d, d + 1))
 
 
+def _same_hyperplane(cos, margin_a, margin_b):
+    """Rows ``a`` and ``b`` (unit normals with cosine ``cos``, centre margins) lie on one hyperplane.
+
+    The normals are parallel or opposite and the offsets agree up to that
+    sign, both to :data:`_COINCIDENT_RTOL` (relative to ``1 + |margin_a|``).
+    Broadcasts over its arguments.
+    """
+    return (np.abs(cos) > 1.0 - _COINCIDENT_RTOL) & (
+        np.abs(margin_a - np.sign(cos) * margin_b) <= _COINCIDENT_RTOL * (1.0 + np.abs(margin_a))
+    )
+
+
 def _masks(pattern: np.ndarray, offsets) -> list:
     return [pattern[a:b].astype(np.float64) for a, b in zip(offsets[:-1], offsets[1:])]
 
@@ -307,7 +319,7 @@ class _Search:
     """Breadth-first search over activation patterns for one ball."""
 
     def __init__(self, dag: _Dag, x0, radius, tol):
-        self.weights, self.x0, self.radius = dag, x0, radius
+        self.dag, self.x0, self.radius = dag, x0, radius
         widths = [c.shape[0] for c in dag.offsets]
         self.offsets = np.concatenate([[0], np.cumsum(widths)])
         self.layer_of = np.repeat(np.arange(len(widths)), widths)
@@ -315,7 +327,7 @@ class _Search:
 
     def evaluate(self, pattern, start=0, parent: _Region | None = None) -> _Region | None:
         maps = _maps_under_pattern(
-            self.weights, self.x0, _masks(pattern, self.offsets), start, parent.maps if parent else None
+            self.dag, self.x0, _masks(pattern, self.offsets), start, parent.maps if parent else None
         )
         rows = _rows(maps, pattern)
         if not _constant_rows_agree(maps, rows, pattern) or not self.oracle.is_region(rows):
@@ -323,14 +335,14 @@ class _Search:
         return _Region(pattern, maps, rows)
 
     def seed(self) -> _Region | None:
-        region = self.evaluate(_forward_pattern(self.weights, self.x0))
+        region = self.evaluate(_forward_pattern(self.dag, self.x0))
         if region is not None or self.radius == 0.0:
             return region
         d = self.x0.shape[0]
         directions = np.random.default_rng(_FALLBACK_SEED).normal(size=(_NUM_FALLBACK_SEEDS, d))
         directions /= np.linalg.norm(directions, axis=1, keepdims=True)
         for v in directions:
-            region = self.evaluate(_forward_pattern(self.weights, self.x0 + 0.5 * self.radius * v))
+            region = self.evaluate(_forward_pattern(self.dag, self.x0 + 0.5 * self.radius * v))
             if region is not None:
                 return region
         return None
@@ -348,10 +360,7 @@ class _Search:
             return [idx[i:i + 1] for i in range(idx.size)]
         normals, margins = rows.normals[idx], rows.centre_margin[idx]
         cos = normals @ normals.T
-        same = (np.abs(cos) > 1.0 - _COINCIDENT_RTOL) & (
-            np.abs(margins[:, None] - np.sign(cos) * margins[None, :])
-            <= _COINCIDENT_RTOL * (1.0 + np.abs(margins[:, None]))
-        )
+        same = _same_hyperplane(cos, margins[:, None], margins[None, :])
         groups, seen = [], np.zeros(idx.size, bool)
         for i in range(idx.size):
             if not seen[i]:
@@ -372,14 +381,11 @@ class _Search:
         pattern = pattern.copy()
         j = int(group[0])
         for _ in range(len(self.offsets) - 1):
-            maps = _maps_under_pattern(self.weights, self.x0, _masks(pattern, self.offsets), start, parent.maps)
+            maps = _maps_under_pattern(self.dag, self.x0, _masks(pattern, self.offsets), start, parent.maps)
             rows = _rows(maps, pattern)
             later = np.flatnonzero(~rows.constant & (self.layer_of > self.layer_of[j]))
             cos = rows.normals[later] @ rows.normals[j]
-            on_plane = (np.abs(cos) > 1.0 - _COINCIDENT_RTOL) & (
-                np.abs(rows.centre_margin[later] - np.sign(cos) * rows.centre_margin[j])
-                <= _COINCIDENT_RTOL * (1.0 + abs(rows.centre_margin[j]))
-            )
+            on_plane = _same_hyperplane(cos, rows.centre_margin[j], rows.centre_margin[later])
             wrong_side = later[on_plane & (cos < 0)]
             if wrong_side.size == 0:
                 break
@@ -472,7 +478,7 @@ def count_regions_with_stats(network, x, radius, max_regions: int = 100_000, *, 
 
 
 def _count(network, x, radius, max_regions, tol) -> tuple[RegionCount, int]:
-    net, _, _ = prepare_inputs(network, x, radius, batched=False)  # identical validation to the kernel
+    prepare_inputs(network, x, radius, batched=False)  # identical validation to the kernel
     if max_regions < 1:
         raise ValueError(f"max_regions must be >= 1, got {max_regions}.")
     # prepare_inputs casts to the JAX compute dtype (float32 by default); the
@@ -481,6 +487,5 @@ def _count(network, x, radius, max_regions, tol) -> tuple[RegionCount, int]:
         dag = _dag_from_network(network)
     else:
         dag = _dag_from_layers([(W, b) for W, b in network])
-    del net
     search = _Search(dag, np.asarray(x, np.float64).reshape(-1), float(radius), float(tol))
     return search.run(int(max_regions)), search.oracle.num_programs

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Any, NamedTuple, Sequence
+from typing import Any, Mapping, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -45,14 +45,16 @@ def run_keys(seed: int) -> RunKeys:
 
 
 def run_seeds(cfg: Any) -> tuple[int, ...]:
-    """The seeds of a run: ``seed .. seed+seeds-1`` (runs recorded before ``seeds`` existed hold one)."""
-    k = getattr(cfg, "seeds", None)
-    return tuple(range(int(cfg.seed), int(cfg.seed) + int(1 if k is None else k)))
+    """The seeds of a run: ``seed .. seed+seeds-1`` (runs recorded before ``seeds`` existed hold one).
 
-
-def is_stacked(cfg: Any) -> bool:
-    """True for a run of several seeds trained together (files with a seed field and axis)."""
-    return len(run_seeds(cfg)) > 1
+    ``cfg``: a config (DictConfig or a plain mapping such as a job's YAML read
+    by the sweep collector) or a structured config object.
+    """
+    if isinstance(cfg, Mapping):
+        seed, k = cfg["seed"], cfg.get("seeds")
+    else:
+        seed, k = cfg.seed, getattr(cfg, "seeds", None)
+    return tuple(range(int(seed), int(seed) + int(k or 1)))
 
 
 # fold_in tag of the exact-count subsets: far from the epochs folded into the same bounds key.

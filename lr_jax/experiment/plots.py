@@ -89,6 +89,15 @@ def _panel(ax, summary, lr, metric, ylabel, letter, band: str = "std"):
     ax.grid(alpha=0.3)
 
 
+def _save_figure(fig, out_dir: Path, stem: str, dpi: int) -> list[Path]:
+    """Writes ``{stem}.png`` and ``{stem}.pdf`` into ``out_dir`` and closes the figure; returns the paths."""
+    paths = [out_dir / f"{stem}.{ext}" for ext in ("png", "pdf")]
+    for path in paths:
+        fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return paths
+
+
 def _share_y(a, b) -> None:
     """One y range for two panels, so that the exact counts and the bound on them compare by eye."""
     if a.get_yscale() != b.get_yscale():
@@ -123,13 +132,6 @@ def plot_figure3(summary: Sequence[dict], out_dir: str | Path, stem: str = "figu
     lrs = sorted({r["lr"] for r in summary}, reverse=True)
     written = []
 
-    def save(fig, name):
-        for ext in ("png", "pdf"):
-            path = out_dir / f"{name}.{ext}"
-            fig.savefig(path, dpi=120)
-            written.append(path)
-        plt.close(fig)
-
     counted = any("exact_mean_count_q50" in r for r in summary)
     fig = plt.figure(figsize=(13 * (2 if counted else 1), 4.5 * len(lrs)))
     letters = iter("abcdefghijklmnop")
@@ -146,7 +148,7 @@ def plot_figure3(summary: Sequence[dict], out_dir: str | Path, stem: str = "figu
             _share_y(axes[i, 2], axes[i, 3])
     axes[0, 0].legend(fontsize=8, ncol=2)
     fig.tight_layout()
-    save(fig, stem)
+    written += _save_figure(fig, out_dir, stem, dpi=120)
 
     for metric, ylabel, suffix in (
         ("mean_single_region_radius", "mean distance to the nearest region boundary", "radius"),
@@ -158,7 +160,7 @@ def plot_figure3(summary: Sequence[dict], out_dir: str | Path, stem: str = "figu
             _panel(axes[0, i], summary, lr, metric, ylabel, next(letters))
         axes[0, 0].legend(fontsize=8, ncol=2)
         fig.tight_layout()
-        save(fig, f"{stem}_{suffix}")
+        written += _save_figure(fig, out_dir, f"{stem}_{suffix}", dpi=120)
     return written
 
 
@@ -193,10 +195,4 @@ def plot_settings_grid(summaries: dict, out_dir: str | Path, metric: str = "mean
             ax.set_yscale("linear")
     axes[0, 0].legend(fontsize=6, ncol=2)
     fig.tight_layout()
-    written = []
-    for ext in ("png", "pdf"):
-        path = out_dir / f"{stem}.{ext}"
-        fig.savefig(path, dpi=100)
-        written.append(path)
-    plt.close(fig)
-    return written
+    return _save_figure(fig, out_dir, stem, dpi=100)

@@ -21,6 +21,7 @@ from typing import NamedTuple, Sequence
 import numpy as np
 import yaml
 
+from lr_jax.experiment.experiment import run_seeds
 from lr_jax.experiment.run_files import RunFileError, atomic_write, read_json, read_metrics, read_yaml
 
 GROUP_KEYS = ("lr", "depth", "category", "epoch")
@@ -44,11 +45,6 @@ class SweepRuns(NamedTuple):
     missing: list
 
 
-def job_seeds(cfg: dict) -> list[int]:
-    """The seeds of a job's config: ``seed .. seed+seeds-1`` (``seeds`` absent in older runs: one)."""
-    return list(range(int(cfg["seed"]), int(cfg["seed"]) + int(cfg.get("seeds") or 1)))
-
-
 def _expected_jobs(multirun_dir: Path, fix: str) -> list[tuple] | None:
     """(lr, depth, seed) grid from the sweep's ``multirun.yaml``, if it can be read.
 
@@ -69,7 +65,7 @@ def _expected_jobs(multirun_dir: Path, fix: str) -> list[tuple] | None:
     if not all(k in values for k in JOB_KEYS):
         return None
     grid = itertools.product(values["lr"], values["depth"], values["seed"], values.get("seeds", [1]))
-    return [(lr, depth, s) for lr, depth, seed, k in grid for s in job_seeds({"seed": seed, "seeds": k})]
+    return [(lr, depth, s) for lr, depth, seed, k in grid for s in run_seeds({"seed": seed, "seeds": k})]
 
 
 def _parse_values(text: str) -> list:
@@ -103,7 +99,7 @@ def collect_runs(multirun_dir: str | Path) -> SweepRuns:
         cfg_path = recorded if recorded.exists() else job_dir / ".hydra" / "config.yaml"
         cfg = read_yaml(cfg_path, what="job config", fix=fix)
         # The top-level aliases hold the values; the groups only interpolate them.
-        lr, depth, seeds = float(cfg["lr"]), int(cfg["depth"]), job_seeds(cfg)
+        lr, depth, seeds = float(cfg["lr"]), int(cfg["depth"]), list(run_seeds(cfg))
         keys = [(lr, depth, s) for s in seeds]
         seen.update(keys)
         status_path = job_dir / "status.json"

@@ -176,10 +176,8 @@ def make_epoch_fn(n: int, batch_size: int, stacked: bool = False):
 
 
 def classifier_metrics(state: TrainState, x, y) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy on ``(x [n, d], y [n])``."""
-    logits = state.apply_fn({"params": state.params}, x)
-    loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-    acc = jnp.mean(jnp.argmax(logits, -1) == y)
+    """Mean cross-entropy and accuracy on ``(x [n, d], y [n])``, as floats."""
+    loss, acc = _classifier_arrays(state.apply_fn, state.params, x, y)
     return float(loss), float(acc)
 
 
@@ -223,15 +221,14 @@ def device_bounds(layers, points: dict[str, jax.Array], bound_cfg, key: jax.Arra
 
 
 def category_results(
-    layers, points: dict[str, Any], bound_cfg, arrays: dict[str, np.ndarray], subsets: dict[str, np.ndarray] | None = None
+    layers, points: dict[str, Any], bound_cfg, arrays: dict[str, np.ndarray], subsets: dict[str, np.ndarray]
 ) -> dict[str, dict]:
     """Per category, the per-point arrays of :func:`device_bounds` and their summary.
 
     Runs the exact counter (host NumPy and a conic solver, not vmappable) when
     ``exact`` is in ``bound.methods``, on the points ``subsets[category]``
-    (:func:`lr_jax.experiment.experiment.exact_subsets`; the first
-    ``bound.exact_points`` when None), and summarises every other bound on
-    that same subset beside it (:func:`_exact_counts`).
+    (:func:`lr_jax.experiment.experiment.exact_subsets`), and summarises every
+    other bound on that same subset beside it (:func:`_exact_counts`).
 
     Returns:
       Per category, ``{"log2_bound": [n], "single_region_radius": [n],
@@ -253,9 +250,7 @@ def category_results(
             summary["sampled_mean_count"] = float(np.mean(sampled))
             summary["sampled_mean_log2_count"] = float(np.mean(np.log2(sampled)))
         if "exact" in bound_cfg.methods:
-            n = points[name].shape[0]
-            index = np.arange(min(bound_cfg.exact_points, n)) if subsets is None else np.asarray(subsets[name])
-            res.update(_exact_counts(layers, points[name], index, bound_cfg, res, summary))
+            res.update(_exact_counts(layers, points[name], np.asarray(subsets[name]), bound_cfg, res, summary))
         res["summary"] = summary
         out[name] = res
         steps.update()
@@ -264,9 +259,11 @@ def category_results(
 
 
 def evaluate_bounds(
-    layers, points: dict[str, jax.Array], bound_cfg, key: jax.Array, subsets: dict[str, np.ndarray] | None = None
+    layers, points: dict[str, jax.Array], bound_cfg, key: jax.Array, subsets: dict[str, np.ndarray]
 ) -> dict[str, dict]:
     """Every configured bound around every point of every category (one seed).
+
+    ``subsets``: the points counted exactly per category (:func:`lr_jax.experiment.experiment.exact_subsets`).
 
     Returns:
       :func:`category_results` of :func:`device_bounds`.
