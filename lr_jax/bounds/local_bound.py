@@ -9,6 +9,7 @@ a bucket, splits the points into fixed-size chunks and over devices
 
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import jax
@@ -37,9 +38,11 @@ METHODS = {
 }
 
 
-def _bounds_impl(net, xs, radii, *, chunk_size, masks, mesh, method):
+def _bounds_impl(net, xs, radii, *, chunk_size, masks, mesh, method, neuron_block):
     model = as_model(net)
     fn = METHODS[method]
+    if method == "tight":
+        fn = functools.partial(fn, neuron_block=neuron_block)
 
     def chunk(x):
         c, log2, results = fn(model, x, radii)
@@ -55,7 +58,7 @@ def _bounds_impl(net, xs, radii, *, chunk_size, masks, mesh, method):
     return LocalBound(c, log2, *(format_masks(model, m, lead=2) for m in (s, p, u)))
 
 
-_bounds_jit = jax.jit(_bounds_impl, static_argnames=("chunk_size", "masks", "mesh", "method"))
+_bounds_jit = jax.jit(_bounds_impl, static_argnames=("chunk_size", "masks", "mesh", "method", "neuron_block"))
 
 
 def local_bounds(
@@ -68,6 +71,7 @@ def local_bounds(
     masks: bool = True,
     devices: Sequence[jax.Device] | None = None,
     validate: bool = False,
+    neuron_block: int | None = None,
 ) -> LocalBound:
     """Bounds on the linear regions meeting ``B_r(x)`` for every point and radius, jitted.
 
@@ -103,6 +107,12 @@ def local_bounds(
       devices: devices to shard the points over; default all of ``jax.devices()``.
       validate: add ``checkify`` checks of the values (for use under
         ``checkify.checkify`` when the inputs are traced).
+      neuron_block: ``method="tight"`` only: how many neurons of one layer
+        the bound propagation bounds together (default
+        ``lr_jax.bounds.tight_bound.NEURON_BLOCK``, 256). Its memory per
+        (point, radius) pair grows with the block times the width of the
+        earlier layers, never with the square of a layer's width; layers of
+        at most this many neurons are bounded whole.
 
     Returns:
       :class:`LocalBound` whose fields have leading axes ``[N, R]``; masks
@@ -123,12 +133,14 @@ def local_bounds(
     if chunk_size is None:
         chunk_size = default_chunk_size(net, xs.dtype)
     chunk_size = concrete_int("chunk_size", chunk_size)
+    neuron_block = concrete_int("neuron_block", tight_bound.NEURON_BLOCK if neuron_block is None else neuron_block)
     # Empty batches run one padded point / radius and keep none of it.
     padded_xs = pad_rows(xs, bucket(max(n, 1)))
     padded_radii = radii if r else jnp.zeros((1,), radii.dtype)
     out = _bounds_jit(
         net, padded_xs, padded_radii,
         chunk_size=chunk_size, masks=bool(masks), mesh=points_mesh(devices), method=method,
+        neuron_block=neuron_block if method == "tight" else None,
     )
     return jax.tree.map(lambda a: a[:n, :r], out)
 

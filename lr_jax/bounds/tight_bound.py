@@ -130,8 +130,8 @@ def _rows_dot(rows: jax.Array, v: jax.Array) -> jax.Array:
     return matmul(rows.reshape(rows.shape[0], -1), v.reshape(-1))
 
 
-def _backward_bounds(model: Model, relax: dict, offsets: dict, t: int, x, radius):
-    """Certified lower and upper bounds of ``z_t`` over the ball, by backward substitution.
+def _backward_bounds(model: Model, relax: dict, offsets: dict, t: int, x, radius, idx=None):
+    """Certified lower and upper bounds of neurons of ``z_t`` over the ball, by backward substitution.
 
     Args:
       model: the network.
@@ -140,12 +140,16 @@ def _backward_bounds(model: Model, relax: dict, offsets: dict, t: int, x, radius
       t: target layer (1-based).
       x: ``[d]`` centre, flattened.
       radius: scalar.
+      idx: ``[B]`` flat indices of the target neurons to bound (a block), or
+        None for every neuron of the layer. A block's coefficient rows are
+        one-hot rows moved through each map's transpose (a transposed conv
+        for a conv: ``jax.linear_transpose``), so memory is ``O(B n_k)`` per
+        earlier layer ``k``, never ``[n_t, n_k]``.
 
     Returns:
-      ``([n_t], [n_t])`` flat lower and upper bounds.
+      ``([B], [B])`` flat lower and upper bounds (``[n_t]`` each when ``idx`` is None).
     """
     node = model.nodes[t - 1]
-    n = math.prod(node.shape)
     coef: dict = {}
 
     def push(k: int, rows: jax.Array, const: jax.Array) -> jax.Array:
@@ -155,11 +159,17 @@ def _backward_bounds(model: Model, relax: dict, offsets: dict, t: int, x, radius
             coef[s] = coef[s] + c if s in coef else c
         return const
 
-    # Row m < n targets +z_m, row n + m targets -z_m: one pass gives both bounds.
-    # The first step is M^T itself (no product with an identity).
-    for s, m in node.transposed().items():
-        coef[s] = jnp.concatenate([m, -m])
+    # Row m < B targets +z_m, row B + m targets -z_m: one pass gives both bounds.
     c_t = offsets[t].reshape(-1)
+    if idx is None:  # the whole layer: the first step is M^T itself (no product with an identity)
+        first = node.transposed()
+    else:
+        eye = jax.nn.one_hot(idx, c_t.shape[0], dtype=x.dtype).reshape(idx.shape + tuple(node.shape))
+        first = node.backward(eye)
+        c_t = c_t[idx]
+    for s, m in first.items():
+        coef[s] = jnp.concatenate([m, -m])
+    n = c_t.shape[0]
     const = jnp.concatenate([c_t, -c_t])
     for k in range(t - 1, 0, -1):  # sources always precede their readers
         if k not in coef:
@@ -173,9 +183,42 @@ def _backward_bounds(model: Model, relax: dict, offsets: dict, t: int, x, radius
         const = const + jnp.sum(jnp.where(positive, 0.0, c * rk.upper_offset), axis=-1)
         c = jnp.where(positive, c * rk.lower_slope, c * rk.upper_slope)  # now on z_k
         const = push(k, c.reshape(shape), const)
-    c0 = coef[0].reshape(2 * n, -1)  # on the input, [2n, d]
+    c0 = coef[0].reshape(2 * n, -1)  # on the input, [2B, d]
     lower = matmul(c0, x) + const - radius * safe_norm(c0)
     return lower[:n], -lower[n:]
+
+
+def _unstable_bounds(model: Model, relax: dict, offsets: dict, t: int, x, radius, unstable, block: int):
+    """CROWN bounds of layer ``t``'s neurons that Algorithm 1 left unstable; ``-inf``/``+inf`` elsewhere.
+
+    A neuron Algorithm 1 certifies is stable on the ball whatever CROWN says,
+    so only the ``C_t`` unstable ones are bounded: their flat indices are
+    gathered (unstable first) and bounded ``block`` at a time in a
+    ``lax.fori_loop`` of ``ceil(C_t / block)`` steps (a dynamic trip count;
+    under ``vmap`` the longest pair sets it). Memory is one block's rows.
+
+    Args:
+      unstable: ``[n_t]`` Algorithm 1's ``S`` for layer ``t``.
+      block: neurons per block (static).
+
+    Returns:
+      ``([n_t], [n_t])`` lower and upper bounds.
+    """
+    n = unstable.shape[0]
+    count = jnp.sum(unstable, dtype=jnp.int32)
+    steps = -(-n // block)
+    order = jnp.nonzero(unstable, size=steps * block, fill_value=0)[0]
+    lo0 = jnp.full((n,), -jnp.inf, x.dtype)
+    hi0 = jnp.full((n,), jnp.inf, x.dtype)
+
+    def body(b, carry):
+        lo, hi = carry
+        ids = jax.lax.dynamic_slice(order, (b * block,), (block,))
+        l, h = _backward_bounds(model, relax, offsets, t, x, radius, ids)
+        keep = jnp.where(b * block + jnp.arange(block) < count, ids, n)  # past the count: dropped
+        return lo.at[keep].set(l, mode="drop"), hi.at[keep].set(h, mode="drop")
+
+    return jax.lax.fori_loop(0, (count + block - 1) // block, body, (lo0, hi0))
 
 
 def _paper_intervals(preacts, paper: LayerResult):
@@ -192,13 +235,18 @@ def input_norms(model: Model) -> dict:
     """``||M_{0,t}[:, j]||`` for every layer that reads only the input (once per call).
 
     Such a layer is affine in ``x``: ``A_j -+ r ||M_{0,t}[:, j]||`` are its exact
-    bounds on the ball, with no backward pass.
+    bounds on the ball, with no backward pass. Computed from the map applied to
+    the ``d`` input directions (``[d, *shape_t]``), never from ``[n_t, n_t]``.
     """
     out = {}
+    if model.dense is not None:
+        W = model.dense[0][0]
+        return {1: safe_norm(W, axis=0)}
+    eye = jnp.eye(model.d, dtype=model.dtype).reshape((model.d,) + model.input_shape)
     for t, node in enumerate(model.nodes, start=1):
         if node.sources == (0,):
-            m = node.transposed()[0]
-            out[t] = safe_norm(m.reshape(m.shape[0], -1))
+            m = node.linear_d({0: eye})
+            out[t] = safe_norm(m.reshape(m.shape[0], -1), axis=0)
     return out
 
 
@@ -206,8 +254,12 @@ def input_norms(model: Model) -> dict:
 _ROUNDING_GUARD = 1024
 
 
-def _crown(model: Model, x, preacts: list, radius, paper: list, norms: dict):
-    """``S_tight`` and the certified-dead mask, flat ``[n_t]`` per layer."""
+def _crown(model: Model, x, preacts: list, radius, paper: list, norms: dict, block: int):
+    """``S_tight`` and the certified-dead mask, flat ``[n_t]`` per layer.
+
+    Layers of at most ``block`` neurons are bounded whole (every neuron, one
+    pass); wider layers only on Algorithm 1's unstable neurons, in blocks.
+    """
     offsets = {t: node.offset() for t, node in enumerate(model.nodes, start=1)}
     relax, unstable, dead = {}, [], []
     for t in range(1, len(model.nodes) + 1):
@@ -216,8 +268,10 @@ def _crown(model: Model, x, preacts: list, radius, paper: list, norms: dict):
         paper_lo, paper_hi = _paper_intervals(a, p)
         if t in norms:  # affine in x: exact
             lo, hi = a - radius * norms[t], a + radius * norms[t]
-        else:
+        elif a.shape[0] <= block:
             lo, hi = _backward_bounds(model, relax, offsets, t, x, radius)
+        else:
+            lo, hi = _unstable_bounds(model, relax, offsets, t, x, radius, p.unstable, block)
         lo, hi = jnp.maximum(lo, paper_lo), jnp.minimum(hi, paper_hi)
         # A bound within rounding of 0 certifies nothing: a hyperplane 2e-6 r inside the ball
         # came out "stable" in float32 (tests/test_tight_bound.py, the near-tangent net).
@@ -261,8 +315,17 @@ def _log2_region_bound(model: Model, unstable: list, dead: list, dtype):
     return jnp.minimum(sum(logs), total.astype(dtype))
 
 
-def tight_pair(model: Model, x, preacts: list, paper: list, radius, norms: dict | None = None):
+# Neurons bounded together by CROWN in a layer wider than this (rows of one backward pass).
+NEURON_BLOCK = 256
+
+
+def tight_pair(model: Model, x, preacts: list, paper: list, radius, norms: dict | None = None,
+               neuron_block: int = NEURON_BLOCK):
     """The tight bound for one centre and radius, given Algorithm 1's results for it.
+
+    ``neuron_block``: layers wider than this are bounded only on Algorithm 1's
+    unstable neurons, this many at a time (memory ``O(neuron_block * n_k)``
+    per earlier layer ``k``); narrower layers whole, in one pass.
 
     Returns:
       ``(num_unstable, log2_bound, per-layer LayerResult)``: ``S_tight`` in
@@ -270,7 +333,7 @@ def tight_pair(model: Model, x, preacts: list, paper: list, radius, norms: dict 
     """
     x = x.reshape(-1)
     norms = input_norms(model) if norms is None else norms
-    unstable, dead = _crown(model, x, preacts, radius, paper, norms)
+    unstable, dead = _crown(model, x, preacts, radius, paper, norms, neuron_block)
     # never above the paper, also under rounding
     unstable = [u & p.unstable.reshape(-1) for u, p in zip(unstable, paper)]
     log2 = _log2_region_bound(model, unstable, dead, x.dtype)
@@ -280,7 +343,7 @@ def tight_pair(model: Model, x, preacts: list, paper: list, radius, norms: dict 
     return count_unstable(unstable), log2, results
 
 
-def tight_points(model: Model, xs: jax.Array, radii: jax.Array):
+def tight_points(model: Model, xs: jax.Array, radii: jax.Array, neuron_block: int = NEURON_BLOCK):
     """``(num_unstable [c, R], log2_bound [c, R], per-layer results)`` of the tight bound.
 
     One ``vmap`` over the ``c * R`` (point, radius) pairs: a flat batch lets
@@ -295,7 +358,7 @@ def tight_points(model: Model, xs: jax.Array, radii: jax.Array):
 
     flat = jax.tree.map(lambda a: a.reshape((c * r,) + a.shape[2:]), paper)
     norms = input_norms(model)
-    out = jax.vmap(lambda x, pre, pap, rad: tight_pair(model, x, pre, pap, rad, norms))(
+    out = jax.vmap(lambda x, pre, pap, rad: tight_pair(model, x, pre, pap, rad, norms, neuron_block))(
         pairs(xs), jax.tree.map(pairs, preacts), flat, jnp.tile(radii, c)
     )
     return jax.tree.map(lambda a: a.reshape((c, r) + a.shape[1:]), out)
