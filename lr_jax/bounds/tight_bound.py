@@ -91,7 +91,7 @@ import jax
 import jax.numpy as jnp
 from jax.scipy.special import gammaln, logsumexp
 
-from lr_jax.bounds import algorithm1
+from lr_jax.bounds import algorithm1, receptive_fields
 from lr_jax.bounds.algorithm1 import LayerResult
 from lr_jax.bounds.core import Model, count_unstable, matmul, safe_norm
 
@@ -188,8 +188,8 @@ def _backward_bounds(model: Model, relax: dict, offsets: dict, t: int, x, radius
     return lower[:n], -lower[n:]
 
 
-def _unstable_bounds(model: Model, relax: dict, offsets: dict, t: int, x, radius, unstable, block: int):
-    """CROWN bounds of layer ``t``'s neurons that Algorithm 1 left unstable; ``-inf``/``+inf`` elsewhere.
+def _unstable_bounds(bound_fn, unstable, block: int, dtype):
+    """Bounds of a layer's neurons that Algorithm 1 left unstable; ``-inf``/``+inf`` elsewhere.
 
     A neuron Algorithm 1 certifies is stable on the ball whatever CROWN says,
     so only the ``C_t`` unstable ones are bounded: their flat indices are
@@ -198,7 +198,8 @@ def _unstable_bounds(model: Model, relax: dict, offsets: dict, t: int, x, radius
     under ``vmap`` the longest pair sets it). Memory is one block's rows.
 
     Args:
-      unstable: ``[n_t]`` Algorithm 1's ``S`` for layer ``t``.
+      bound_fn: ``idx [block] -> (lower [block], upper [block])``.
+      unstable: ``[n_t]`` Algorithm 1's ``S`` for the layer.
       block: neurons per block (static).
 
     Returns:
@@ -208,17 +209,32 @@ def _unstable_bounds(model: Model, relax: dict, offsets: dict, t: int, x, radius
     count = jnp.sum(unstable, dtype=jnp.int32)
     steps = -(-n // block)
     order = jnp.nonzero(unstable, size=steps * block, fill_value=0)[0]
-    lo0 = jnp.full((n,), -jnp.inf, x.dtype)
-    hi0 = jnp.full((n,), jnp.inf, x.dtype)
+    lo0 = jnp.full((n,), -jnp.inf, dtype)
+    hi0 = jnp.full((n,), jnp.inf, dtype)
 
     def body(b, carry):
         lo, hi = carry
         ids = jax.lax.dynamic_slice(order, (b * block,), (block,))
-        l, h = _backward_bounds(model, relax, offsets, t, x, radius, ids)
+        l, h = bound_fn(ids)
         keep = jnp.where(b * block + jnp.arange(block) < count, ids, n)  # past the count: dropped
         return lo.at[keep].set(l, mode="drop"), hi.at[keep].set(h, mode="drop")
 
     return jax.lax.fori_loop(0, (count + block - 1) // block, body, (lo0, hi0))
+
+
+def _padded_windows(model: Model, plan, relax: dict, offsets: dict, x) -> dict:
+    """The per-layer arrays the receptive-field pass gathers from, padded for ``plan``'s boxes."""
+    out = {}
+    for k, window in plan.windows.items():
+        if k == 0:
+            data = jnp.stack([x.reshape(model.input_shape), jnp.ones(model.input_shape, x.dtype)], axis=-1)
+        else:
+            r = relax[k]
+            shape = tuple(model.nodes[k - 1].shape)
+            data = jnp.stack([r.lower_slope, r.upper_slope, r.upper_offset, offsets[k].reshape(-1)], axis=-1)
+            data = data.reshape(shape + (4,))
+        out[k] = receptive_fields.pad_layer(data, window)
+    return out
 
 
 def _paper_intervals(preacts, paper: LayerResult):
@@ -254,24 +270,40 @@ def input_norms(model: Model) -> dict:
 _ROUNDING_GUARD = 1024
 
 
-def _crown(model: Model, x, preacts: list, radius, paper: list, norms: dict, block: int):
+def _crown(model: Model, x, preacts: list, radius, paper: list, prep: "Prepared", block: int):
     """``S_tight`` and the certified-dead mask, flat ``[n_t]`` per layer.
 
     Layers of at most ``block`` neurons are bounded whole (every neuron, one
     pass); wider layers only on Algorithm 1's unstable neurons, in blocks.
+    Layers with a receptive-field plan move their rows in windows
+    (:mod:`lr_jax.bounds.receptive_fields`), the others as dense rows.
     """
+    norms = prep.norms
     offsets = {t: node.offset() for t, node in enumerate(model.nodes, start=1)}
     relax, unstable, dead = {}, [], []
     for t in range(1, len(model.nodes) + 1):
         a = preacts[t - 1].reshape(-1)
         p = jax.tree.map(lambda v: v.reshape(-1), paper[t - 1])
         paper_lo, paper_hi = _paper_intervals(a, p)
+        plan = prep.plans.get(t)
         if t in norms:  # affine in x: exact
             lo, hi = a - radius * norms[t], a + radius * norms[t]
+        elif plan is not None:
+            padded = _padded_windows(model, plan, relax, offsets, x)
+
+            def windowed(idx, plan=plan, padded=padded, c_t=offsets[t].reshape(-1)):
+                return receptive_fields.block_bounds(model, plan, prep.kmaps[t], padded, c_t, radius, idx)
+
+            if a.shape[0] <= block:
+                lo, hi = windowed(jnp.arange(a.shape[0]))
+            else:
+                lo, hi = _unstable_bounds(windowed, p.unstable, block, x.dtype)
         elif a.shape[0] <= block:
             lo, hi = _backward_bounds(model, relax, offsets, t, x, radius)
         else:
-            lo, hi = _unstable_bounds(model, relax, offsets, t, x, radius, p.unstable, block)
+            lo, hi = _unstable_bounds(
+                lambda idx: _backward_bounds(model, relax, offsets, t, x, radius, idx), p.unstable, block, x.dtype
+            )
         lo, hi = jnp.maximum(lo, paper_lo), jnp.minimum(hi, paper_hi)
         # A bound within rounding of 0 certifies nothing: a hyperplane 2e-6 r inside the ball
         # came out "stable" in float32 (tests/test_tight_bound.py, the near-tangent net).
@@ -319,7 +351,34 @@ def _log2_region_bound(model: Model, unstable: list, dead: list, dtype):
 NEURON_BLOCK = 256
 
 
-def tight_pair(model: Model, x, preacts: list, paper: list, radius, norms: dict | None = None,
+class Prepared(NamedTuple):
+    """What the tight bound computes once per call, not per (point, radius) pair.
+
+    Attributes:
+      norms: ``{t: [n_t]}`` column norms of the layers that read only the input.
+      plans: ``{t: Plan}`` receptive-field plans (static), for the layers that have one.
+      kmaps: ``{t: {(s, k): K}}`` their stencils.
+    """
+
+    norms: dict
+    plans: dict
+    kmaps: dict
+
+
+def prepare(model: Model) -> Prepared:
+    """The per-call constants of :func:`tight_pair` (inside traced code: the params may be tracers)."""
+    norms = input_norms(model)
+    plans = {}
+    for t in range(1, len(model.nodes) + 1):
+        if t not in norms:
+            plan = receptive_fields.plan_for(model, t)
+            if plan is not None:
+                plans[t] = plan
+    kmaps = {t: receptive_fields.stencils(model, plan) for t, plan in plans.items()}
+    return Prepared(norms, plans, kmaps)
+
+
+def tight_pair(model: Model, x, preacts: list, paper: list, radius, prep: Prepared | None = None,
                neuron_block: int = NEURON_BLOCK):
     """The tight bound for one centre and radius, given Algorithm 1's results for it.
 
@@ -332,8 +391,8 @@ def tight_pair(model: Model, x, preacts: list, paper: list, radius, norms: dict 
       each layer's shape; ``changed`` and ``deviation`` are the paper's.
     """
     x = x.reshape(-1)
-    norms = input_norms(model) if norms is None else norms
-    unstable, dead = _crown(model, x, preacts, radius, paper, norms, neuron_block)
+    prep = prepare(model) if prep is None else prep
+    unstable, dead = _crown(model, x, preacts, radius, paper, prep, neuron_block)
     # never above the paper, also under rounding
     unstable = [u & p.unstable.reshape(-1) for u, p in zip(unstable, paper)]
     log2 = _log2_region_bound(model, unstable, dead, x.dtype)
@@ -343,7 +402,8 @@ def tight_pair(model: Model, x, preacts: list, paper: list, radius, norms: dict 
     return count_unstable(unstable), log2, results
 
 
-def tight_points(model: Model, xs: jax.Array, radii: jax.Array, neuron_block: int = NEURON_BLOCK):
+def tight_points(model: Model, xs: jax.Array, radii: jax.Array, neuron_block: int = NEURON_BLOCK,
+                 prep: Prepared | None = None):
     """``(num_unstable [c, R], log2_bound [c, R], per-layer results)`` of the tight bound.
 
     One ``vmap`` over the ``c * R`` (point, radius) pairs: a flat batch lets
@@ -357,8 +417,8 @@ def tight_points(model: Model, xs: jax.Array, radii: jax.Array, neuron_block: in
         return jnp.repeat(a, r, axis=0)
 
     flat = jax.tree.map(lambda a: a.reshape((c * r,) + a.shape[2:]), paper)
-    norms = input_norms(model)
-    out = jax.vmap(lambda x, pre, pap, rad: tight_pair(model, x, pre, pap, rad, norms, neuron_block))(
+    prep = prepare(model) if prep is None else prep
+    out = jax.vmap(lambda x, pre, pap, rad: tight_pair(model, x, pre, pap, rad, prep, neuron_block))(
         pairs(xs), jax.tree.map(pairs, preacts), flat, jnp.tile(radii, c)
     )
     return jax.tree.map(lambda a: a.reshape((c, r) + a.shape[1:]), out)

@@ -400,6 +400,67 @@ class _Graph:
                     uses[r] = uses.get(r, 0) + 1
         return all(n <= 1 for n in uses.values())
 
+    def local(self, cone: _Cone) -> bool:
+        """Whether a cone's linear map commutes with translations of its spatial axes.
+
+        True when every equation from the sources is a convolution (one group,
+        no input dilation), a window sum (no base dilation), a sum or
+        difference, a negation or float cast, a reshape that only adds or drops
+        axes of size 1, or a product / quotient by a constant that varies at
+        most along the feature axis of the convolution before it (a bias, an
+        eval-mode batch norm). Such a map is the same stencil at every
+        position of a zero-padded input, which is what the receptive-field
+        form of the bound propagation (:mod:`lr_jax.bounds.receptive_fields`)
+        relies on. Anything else (a dense layer, a reshape that flattens,
+        a spatially varying scale) returns False.
+        """
+        feature = {v: None for v in cone.source_vars}
+        for k in cone.eqns:
+            eqn = self.eqns[k]
+            dep = [i for i, r in enumerate(eqn.ins) if not isinstance(r, _Lit) and r in self.dep]
+            if not dep:
+                continue
+            name = eqn.prim.name
+            known = {feature.get(eqn.ins[i]) for i in dep} - {None}
+            if len(known) > 1:
+                return False
+            f = next(iter(known), None)
+            out_shape = self.shapes[eqn.outs[0]]
+            if name == "conv_general_dilated":
+                p = eqn.params
+                if dep != [0] or p["feature_group_count"] != 1 or p["batch_group_count"] != 1:
+                    return False
+                if any(d != 1 for d in p["lhs_dilation"]):
+                    return False
+                f = p["dimension_numbers"].out_spec[1]
+            elif name == "reduce_window_sum":
+                if any(d != 1 for d in eqn.params["base_dilation"]):
+                    return False
+            elif name in _SUMS:
+                if any(self.shapes[eqn.ins[i]] != out_shape for i in dep):
+                    return False
+            elif name in ("convert_element_type", "copy", "copy_p", "reduce_precision", "neg"):
+                pass
+            elif name in ("reshape", "squeeze", "expand_dims", "broadcast_in_dim"):
+                in_shape = self.shapes[eqn.ins[dep[0]]]
+                if [n for n in in_shape if n != 1] != [n for n in out_shape if n != 1]:
+                    return False
+                if f is not None:
+                    f = _map_axis(f, in_shape, out_shape)
+            elif name in ("mul", "div"):
+                if len(dep) != 1 or len(eqn.ins) != 2 or (name == "div" and dep != [0]):
+                    return False
+                const = eqn.ins[1 - dep[0]]
+                c_shape = np.shape(const.value) if isinstance(const, _Lit) else self.shapes[const]
+                lead = len(out_shape) - len(c_shape)
+                varying = [lead + a for a, n in enumerate(c_shape) if n != 1]
+                if varying and (len(varying) > 1 or varying[0] != f):
+                    return False
+            else:
+                return False
+            feature[eqn.outs[0]] = f
+        return True
+
     def _kind(self, eqn: _Eqn) -> str:
         name = eqn.prim.name
         if name in _SUMS or name in ("div", "concatenate", "select_n", "mul"):
@@ -431,6 +492,15 @@ def _eval_eqn(eqn: _Eqn, vals):
 
 def _read(ref, env):
     return ref.value if isinstance(ref, _Lit) else env[ref]
+
+
+def _map_axis(axis: int, in_shape: tuple, out_shape: tuple):
+    """The axis of ``out_shape`` that a non-unit ``axis`` of ``in_shape`` becomes (unit axes added or dropped)."""
+    if in_shape[axis] == 1:
+        return None
+    rank = sum(1 for n in in_shape[:axis] if n != 1)
+    big = [a for a, n in enumerate(out_shape) if n != 1]
+    return big[rank]
 
 
 class Network:
@@ -565,7 +635,10 @@ def _zeros(shape, like):
 
 
 def _linear_eqn(eqn: _Eqn, ins: list, dep: list, mode: str, g: _Graph):
-    """The linear part of one affine equation (``mode="linear"``), or of its ``|.|`` (``"abs"``).
+    """The linear part of one affine equation (``mode="linear"``), of its ``|.|`` (``"abs"``), or its structure (``"ones"``).
+
+    ``"ones"`` replaces every constant factor by 1: its result is non-zero
+    exactly where some path from a non-zero input reaches (no cancellation).
 
     ``ins[i]`` is a tangent (or None for zero) where ``dep[i]``, else the constant operand.
     """
@@ -584,9 +657,12 @@ def _linear_eqn(eqn: _Eqn, ins: list, dep: list, mode: str, g: _Graph):
             return [a]
         return [-b if negate_b else b]
     if name == "neg":
-        return [ins[0] if mode == "abs" else -ins[0]]
+        return [ins[0] if mode in ("abs", "ones") else -ins[0]]
     if name in _BILINEAR or name == "div":
-        args = [v if d else (jnp.abs(v) if mode == "abs" else v) for v, d in zip(ins, dep)]
+        if mode == "ones":  # the structure only: every constant factor 1 (concrete, whatever the params)
+            args = [v if d else jnp.ones(np.shape(v), like.dtype) for v, d in zip(ins, dep)]
+        else:
+            args = [v if d else (jnp.abs(v) if mode == "abs" else v) for v, d in zip(ins, dep)]
         return _eval_eqn(eqn, args)
     args = []
     for i, (v, d) in enumerate(zip(ins, dep)):
@@ -675,6 +751,28 @@ class GraphNode:
         transpose = jax.linear_transpose(lin, *primals)
         outs = jax.vmap(transpose)(rows)
         return dict(zip(self.sources, outs))
+
+    @property
+    def local(self) -> bool:
+        """Whether the map is a translation-equivariant stencil (see ``_Graph.local``)."""
+        return self._g.local(self._cone)
+
+    def support_backward(self, rows) -> dict:
+        """Where ``rows M_s`` can be non-zero: the transpose of the ``"ones"`` structure, concrete NumPy.
+
+        Depends on the shapes and the graph only (never on the params), so it
+        can run while the params are traced: ``[m, *S] -> {s: [m, *S_s]}``,
+        non-negative, zero exactly where no path reaches.
+        """
+        with jax.ensure_compile_time_eval():
+            rows = jnp.asarray(rows, jnp.float32)
+            primals = tuple(jax.ShapeDtypeStruct(self._g.shapes[v], jnp.float32) for v in self._cone.source_vars)
+
+            def lin(*tans):
+                return self._run(dict(zip(self.sources, tans)), "ones")
+
+            outs = jax.vmap(jax.linear_transpose(lin, *primals))(rows)
+            return {s: np.asarray(o) for s, o in zip(self.sources, outs)}
 
     def transposed(self) -> dict:
         """``M_s^T`` for every source, ``{s: [n, *S_s]}`` (``backward`` of the identity)."""
