@@ -54,6 +54,7 @@ Usage:
   python scripts/bench_bound.py --exact                # rate of the exact counter
   python scripts/bench_bound.py --scale               # N in 1e3, 1e4, 7e4 (GPU)
   python scripts/bench_bound.py --lenet               # LeNet-5: traced (structured) vs dense forms
+  python scripts/bench_bound.py --conv --conv-step    # paper vs tight on four conv nets, memory per ball
   python scripts/bench_bound.py --scale --scale-points 1000,10000 --max-seconds 60   # CPU
 """
 
@@ -82,6 +83,7 @@ import lr_jax  # noqa: E402
 from lr_jax import local_bounds  # noqa: E402
 from lr_jax.networks.tracing import graph_nodes  # noqa: E402
 from lr_jax.bounds.core import default_chunk_size  # noqa: E402
+from tests.conv_nets import CONV_NETS, FlaxMNISTCNN, LeNet5  # noqa: E402
 from tests.reference_algorithm1 import algorithm1_vectorised  # noqa: E402
 
 RADII = np.array([0.1, 0.2, 0.4, 0.8], dtype=np.float32)
@@ -324,18 +326,6 @@ def exact_main(radii: np.ndarray) -> None:
 # --lenet: structured maps against dense matrices
 
 
-class LeNet5(nn.Module):
-    @nn.compact
-    def __call__(self, x):  # [28, 28, 1]
-        x = nn.relu(nn.Conv(6, (5, 5), padding="VALID")(x))  # [24, 24, 6]
-        x = nn.avg_pool(x, (2, 2), strides=(2, 2))  # [12, 12, 6]
-        x = nn.relu(nn.Conv(16, (5, 5), padding="VALID")(x))  # [8, 8, 16]
-        x = nn.avg_pool(x, (2, 2), strides=(2, 2)).reshape(-1)  # [256]
-        x = nn.relu(nn.Dense(120)(x))
-        x = nn.relu(nn.Dense(84)(x))
-        return nn.Dense(10)(x)
-
-
 _HI = jax.lax.Precision.HIGHEST
 
 
@@ -412,6 +402,108 @@ def lenet_main(n_points: int, repeats: int) -> None:
               f"{flops[k] / 1e9:11.3f} {flops[k] * rate / 1e9:9.1f} {str(bool(np.array_equal(counts[k], ref))):>7s}")
 
 
+# ---------------------------------------------------------------------------
+# --conv: paper and tight on convolutional nets, one fresh process per (net, method)
+
+
+def conv_child(name: str, method: str, n_points: int, repeats: int) -> dict:
+    """One (net, method) cell of the ``--conv`` table, measured in this fresh process.
+
+    The peak RSS is read after the first call, which compiles and bounds one
+    ball (one point, one radius): the memory one ball needs, compilation
+    included. Then ``n_points`` points x the four radii are timed warm.
+    """
+    cls, shape = CONV_NETS[name]
+    module = cls()
+    x0 = jnp.zeros(shape, jnp.float32)
+    variables = module.init(jax.random.PRNGKey(0), x0)
+    net = lr_jax.network_from_linen(module, variables, x0)
+    xs = np.random.default_rng(1).uniform(0, 1, size=(n_points,) + shape).astype(np.float32)
+    base = _rss_bytes()
+    local_bounds(net, xs[:1], RADII[:1], method=method, masks=False).num_unstable.block_until_ready()
+    peak_ball = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+    def run():
+        return local_bounds(net, xs, RADII, method=method, masks=False)
+
+    out = run()
+    t = _time(lambda: run().num_unstable.block_until_ready(), repeats)
+    return {
+        "net": name, "method": method, "relus": int(net.num_hidden), "pairs": n_points * len(RADII),
+        "seconds_per_1k_pairs": 1000 * t / (n_points * len(RADII)),
+        "peak_rss_one_ball": peak_ball, "base_rss": base,
+        "mean_c": float(np.mean(out.num_unstable)), "mean_log2": float(np.mean(out.log2_bound)),
+    }
+
+
+def conv_step_child(n_points: int, n_radii: int) -> dict:
+    """Peak RSS of a jitted training step that bounds ``n_points x n_radii`` balls of the Flax MNIST CNN (tight)."""
+    import optax
+
+    module = FlaxMNISTCNN()
+    x0 = jnp.zeros((28, 28, 1), jnp.float32)
+    params = module.init(jax.random.PRNGKey(0), x0)
+    opt = optax.adam(1e-3)
+    opt_state = opt.init(params)
+    xs = jnp.asarray(np.random.default_rng(1).uniform(0, 1, size=(n_points, 28, 28, 1)), jnp.float32)
+    ys = jnp.arange(n_points) % 10
+    radii = jnp.asarray(RADII[:n_radii])
+
+    @jax.jit
+    def step(params, opt_state):
+        def loss_fn(p):
+            logits = jax.vmap(lambda x: module.apply(p, x))(xs)
+            return optax.softmax_cross_entropy_with_integer_labels(logits, ys).mean()
+
+        loss, grads = jax.value_and_grad(loss_fn)(params)
+        updates, opt_state = opt.update(grads, opt_state)
+        params = optax.apply_updates(params, updates)
+        net = lr_jax.network_from_linen(module, params, xs[0])
+        c = local_bounds(net, xs, radii, method="tight", masks=False).num_unstable.mean()
+        return params, opt_state, loss, c
+
+    t0 = time.perf_counter()
+    for _ in range(2):
+        params, opt_state, loss, c = step(params, opt_state)
+    jax.block_until_ready(c)
+    return {"points": n_points, "radii": n_radii, "seconds_two_steps": time.perf_counter() - t0,
+            "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "mean_c": float(c)}
+
+
+def _child_json(flag_args: list) -> dict:
+    out = subprocess.run([sys.executable, __file__, *flag_args], capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        raise RuntimeError(f"child {flag_args} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def conv_main(args) -> None:
+    device = jax.devices()[0]
+    print(f"device: {device.device_kind} ({jax.default_backend()}), jax {jax.__version__}, "
+          f"{platform.processor() or platform.machine()}; radii {[round(float(r), 3) for r in RADII]}; points uniform in [0, 1]; "
+          f"Flax default init; one fresh process per cell")
+    rows = []
+    names = [n for n in CONV_NETS if not args.conv_nets or n in args.conv_nets.split(",")]
+    print(f"{'net':18s} {'ReLUs':>7s} {'pairs':>6s} {'paper s/1k':>11s} {'tight s/1k':>11s} {'tight/paper':>12s} "
+          f"{'paper RSS/ball':>15s} {'tight RSS/ball':>15s} {'mean C paper':>13s} {'mean C tight':>13s} {'mean log2 tight':>16s}")
+    for name in names:
+        points = args.conv_points if name != "Flax MNIST CNN" else max(1, args.conv_points // 4)
+        cells = {m: _child_json(["--conv-child", name, "--conv-method", m, "--conv-points", str(points),
+                                 "--repeats", str(args.repeats)]) for m in ("paper", "tight")}
+        p, t = cells["paper"], cells["tight"]
+        rows.append(cells)
+        print(f"{name:18s} {p['relus']:7d} {p['pairs']:6d} {p['seconds_per_1k_pairs']:11.2f} {t['seconds_per_1k_pairs']:11.2f} "
+              f"{t['seconds_per_1k_pairs'] / p['seconds_per_1k_pairs']:11.2f}x {p['peak_rss_one_ball'] / 2**30:11.2f} GiB "
+              f"{t['peak_rss_one_ball'] / 2**30:11.2f} GiB {p['mean_c']:13.1f} {t['mean_c']:13.1f} {t['mean_log2']:16.1f}",
+              flush=True)
+    if args.conv_step:
+        st = _child_json(["--conv-step-child"])
+        print(f"jitted training step of the Flax MNIST CNN bounding {st['points']} points x {st['radii']} radii (tight): "
+              f"peak RSS {st['peak_rss'] / 2**30:.2f} GiB, two steps (compile included) {st['seconds_two_steps']:.1f} s")
+    if args.json:
+        args.json.write_text(json.dumps({"device": str(device.device_kind), "rows": rows}, indent=2))
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--paper-points", type=int, default=2048)
@@ -431,7 +523,23 @@ def main():
     p.add_argument("--exact-radii", default="0.05,0.1,0.15", help="--exact: comma-separated radii")
     p.add_argument("--lenet", action="store_true", help="LeNet-5: traced vs dense matrices (see above)")
     p.add_argument("--lenet-points", type=int, default=4, help="--lenet: points (x 4 radii)")
+    p.add_argument("--conv", action="store_true", help="paper vs tight on four conv nets: s/1k pairs, peak RSS per ball")
+    p.add_argument("--conv-points", type=int, default=8, help="--conv: points (x 4 radii); a quarter for the Flax CNN")
+    p.add_argument("--conv-nets", default="", help="--conv: comma-separated subset of the nets")
+    p.add_argument("--conv-step", action="store_true", help="--conv: also the jitted training step's peak RSS")
+    p.add_argument("--conv-child", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--conv-method", default="paper", help=argparse.SUPPRESS)
+    p.add_argument("--conv-step-child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.conv_child is not None:
+        print(json.dumps(conv_child(args.conv_child, args.conv_method, args.conv_points, args.repeats)))
+        return
+    if args.conv_step_child:
+        print(json.dumps(conv_step_child(8, 2)))
+        return
+    if args.conv:
+        conv_main(args)
+        return
     if args.scale_child is not None:
         row = scale_child(args.scale_child, _parse_floats(args.scale_radii), args.max_seconds, args.chunk_size)
         print(json.dumps(row))

@@ -273,8 +273,9 @@ _ROUNDING_GUARD = 1024
 def _crown(model: Model, x, preacts: list, radius, paper: list, prep: "Prepared", block: int):
     """``S_tight`` and the certified-dead mask, flat ``[n_t]`` per layer.
 
-    Layers of at most ``block`` neurons are bounded whole (every neuron, one
-    pass); wider layers only on Algorithm 1's unstable neurons, in blocks.
+    Only Algorithm 1's unstable neurons are bounded, ``block`` at a time,
+    except the layers of a Dense chain of at most ``block`` neurons, bounded
+    whole in one pass.
     Layers with a receptive-field plan move their rows in windows
     (:mod:`lr_jax.bounds.receptive_fields`), the others as dense rows.
     """
@@ -294,15 +295,14 @@ def _crown(model: Model, x, preacts: list, radius, paper: list, prep: "Prepared"
             def windowed(idx, plan=plan, padded=padded, c_t=offsets[t].reshape(-1)):
                 return receptive_fields.block_bounds(model, plan, prep.kmaps[t], padded, c_t, radius, idx)
 
-            if a.shape[0] <= block:
-                lo, hi = windowed(jnp.arange(a.shape[0]))
-            else:
-                lo, hi = _unstable_bounds(windowed, p.unstable, block, x.dtype)
-        elif a.shape[0] <= block:
+            lo, hi = _unstable_bounds(windowed, p.unstable, min(block, a.shape[0]), x.dtype)
+        elif model.dense is not None and a.shape[0] <= block:
+            # A narrow Dense layer: all its rows in one matmul costs less than gathering the unstable ones.
             lo, hi = _backward_bounds(model, relax, offsets, t, x, radius)
         else:
             lo, hi = _unstable_bounds(
-                lambda idx: _backward_bounds(model, relax, offsets, t, x, radius, idx), p.unstable, block, x.dtype
+                lambda idx: _backward_bounds(model, relax, offsets, t, x, radius, idx),
+                p.unstable, min(block, a.shape[0]), x.dtype,
             )
         lo, hi = jnp.maximum(lo, paper_lo), jnp.minimum(hi, paper_hi)
         # A bound within rounding of 0 certifies nothing: a hyperplane 2e-6 r inside the ball
