@@ -85,14 +85,39 @@ class ConvBN(nn.Module):
         return nn.Dense(2)(x)
 
 
+class ResCNN(nn.Module):
+    """Two SAME convs, the second with an identity skip, then dense: windows of the tight bound apply."""
+
+    @nn.compact
+    def __call__(self, x):  # [9, 9, 1]
+        h = nn.relu(nn.Conv(3, (3, 3), padding="SAME")(x))  # [9, 9, 3]
+        h = nn.relu(nn.Conv(3, (3, 3), padding="SAME")(h) + h)
+        return nn.Dense(2)(h.reshape(-1))
+
+
+class ConvBNPool(nn.Module):
+    """Conv + eval BatchNorm, non-overlapping pool, conv + eval BatchNorm, dense: windows through the pool."""
+
+    @nn.compact
+    def __call__(self, x):  # [12, 12, 1]
+        h = nn.relu(nn.BatchNorm(use_running_average=True)(nn.Conv(4, (3, 3), padding="VALID")(x)))  # [10, 10, 4]
+        h = nn.avg_pool(h, (2, 2), strides=(2, 2))  # [5, 5, 4]
+        h = nn.relu(nn.BatchNorm(use_running_average=True)(nn.Conv(4, (2, 2), padding="VALID")(h)))  # [4, 4, 4]
+        return nn.Dense(2)(h.reshape(-1))
+
+
 _INPUTS = {
     "cnn_overlap": (CNNOverlap, (10, 10, 1)),
     "cnn_pool": (CNNPool, (8, 8, 1)),
     "resmlp": (ResMLP, (5,)),
     "bottleneck": (Bottleneck, (6,)),
     "conv_bn": (ConvBN, (6, 6, 2)),
+    "res_cnn": (ResCNN, (9, 9, 1)),
+    "conv_bn_pool": (ConvBNPool, (12, 12, 1)),
 }
-KINDS = tuple(_INPUTS)
+KINDS = tuple(k for k in _INPUTS if k not in ("res_cnn", "conv_bn_pool"))
+# Nets whose conv layers the tight bound walks in receptive-field form (windows).
+WINDOW_KINDS = ("res_cnn", "conv_bn_pool")
 
 
 def _fill(path, leaf, rng):
@@ -172,6 +197,26 @@ def _segments(kind, v):
 
         segs = [((0,), z1), ((1,), lambda h: h.reshape(-1) @ d0["kernel"] + d0["bias"])]
         return segs, [(6, 6, 2), (4, 4, 4), (5,)]
+    if kind == "res_cnn":
+        c0, c1, d0 = p["Conv_0"], p["Conv_1"], p["Dense_0"]
+        segs = [
+            ((0,), lambda x: _conv(x, c0["kernel"], (1, 1), "SAME") + c0["bias"]),
+            ((1,), lambda h: _conv(h, c1["kernel"], (1, 1), "SAME") + c1["bias"] + h),
+        ]
+        return segs, [(9, 9, 1), (9, 9, 3), (9, 9, 3)]
+    if kind == "conv_bn_pool":
+        c0, c1 = p["Conv_0"], p["Conv_1"]
+        b0, b1 = p["BatchNorm_0"], p["BatchNorm_1"]
+        s0, s1 = v["batch_stats"]["BatchNorm_0"], v["batch_stats"]["BatchNorm_1"]
+
+        def bn(y, b, st):
+            return (y - st["mean"]) / jnp.sqrt(st["var"] + 1e-5) * b["scale"] + b["bias"]
+
+        segs = [
+            ((0,), lambda x: bn(_conv(x, c0["kernel"], (1, 1), "VALID") + c0["bias"], b0, s0)),
+            ((1,), lambda h: bn(_conv(_avg(h, (2, 2), (2, 2)), c1["kernel"], (1, 1), "VALID") + c1["bias"], b1, s1)),
+        ]
+        return segs, [(12, 12, 1), (10, 10, 4), (4, 4, 4)]
     raise KeyError(kind)
 
 

@@ -82,3 +82,56 @@ def graph_patterns(dense, xs):
             h[t] = np.maximum(a, 0.0)
         out.append(np.concatenate(bits))
     return np.array(out)
+
+
+def _relaxation(lo, hi, active, dead):
+    width = hi - lo
+    chord = np.clip(np.where(width > 0, hi / np.where(width > 0, width, 1.0), 0.0), 0.0, 1.0)
+    alpha = (hi >= -lo).astype(float)
+    unstable = ~(active | dead)
+    lower = np.where(active, 1.0, np.where(dead, 0.0, alpha))
+    upper = np.where(active, 1.0, np.where(dead, 0.0, chord))
+    return lower, upper, np.where(unstable, -chord * lo, 0.0)
+
+
+def graph_crown(dense, x, r: float, guard: float = 1024 * np.finfo(np.float64).eps):
+    """The tight bound's certified masks from dense matrices (float64): ``[S_tight_t]`` flat per layer.
+
+    CROWN's backward linear bounds with every neuron's rows as dense rows,
+    intersected with Algorithm 1's intervals ``A -+ U~``, certified past the
+    rounding guard, never above the paper's ``S``: the rule of
+    :mod:`lr_jax.bounds.tight_bound`, written independently on the dense maps.
+    """
+    x = np.asarray(x, np.float64).reshape(-1)
+    _, S_paper, _, U = graph_algorithm1(dense, x, r)
+    h, relax, out = {0: x}, {}, []
+    for t, (sources, maps, c) in enumerate(dense, start=1):
+        a = c + sum(h[s] @ maps[s] for s in sources)
+        h[t] = np.maximum(a, 0.0)
+        n = a.size
+        coef = {s: np.concatenate([maps[s].T, -maps[s].T]) for s in sources}
+        const = np.concatenate([c, -c])
+        for k in range(t - 1, 0, -1):
+            if k not in coef:
+                continue
+            ck = coef.pop(k)
+            lower, upper, offset = relax[k]
+            positive = ck >= 0
+            const = const + np.sum(np.where(positive, 0.0, ck * offset), axis=1)
+            ck = np.where(positive, ck * lower, ck * upper)
+            src, kmaps, kc = dense[k - 1]
+            const = const + ck @ kc
+            for s in src:
+                coef[s] = coef.get(s, 0.0) + ck @ kmaps[s].T
+        c0 = coef[0]
+        bound = c0 @ x + const - r * np.linalg.norm(c0, axis=1)
+        lo, hi = bound[:n], -bound[n:]
+        spread = np.where(a < 0, U[t - 1] - a, U[t - 1])
+        lo, hi = np.maximum(lo, a - spread), np.minimum(hi, a + spread)
+        g = guard * (np.abs(lo) + np.abs(hi))
+        stable = ~S_paper[t - 1]
+        active = (stable & (a > 0)) | (lo > g)
+        dead = (stable & (a < 0)) | (hi < -g)
+        relax[t] = _relaxation(lo, hi, active, dead)
+        out.append(~(active | dead) & S_paper[t - 1])
+    return out
