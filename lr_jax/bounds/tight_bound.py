@@ -65,6 +65,20 @@ its switched-on neurons) and ``rk(z_t) = min(d, sum_src rk(src))``;
 layer ``t``'s hyperplanes live on each region of the earlier layers. For a
 chain this is ``min(d, alive_1, ..., alive_{t-1})`` as above.
 
+**At scale.** Algorithm 1 runs first; a neuron it certifies stable (``S =
+0``) is stable whatever the bound propagation says, and it enters every
+later relaxation exactly (slope 1 or 0, whatever its interval). So the
+backward pass is run only for the ``C_t`` neurons Algorithm 1 leaves
+unstable: their indices are gathered and bounded ``neuron_block`` at a time
+(one-hot rows moved through each map's transpose, ``jax.linear_transpose``:
+a transposed conv for a conv), so memory is ``O(neuron_block * n_k)`` per
+earlier layer ``k`` and never ``[n_t x n_k]``. Every neuron's bound is the
+number the all-neurons pass gives (the rows are independent). Through
+convolutional layers the rows stay in each neuron's receptive field
+(:mod:`lr_jax.bounds.receptive_fields`): the same numbers, on windows. A
+Dense chain's narrow layers (at most ``neuron_block`` neurons) are bounded
+whole, in one matmul.
+
 ``changed`` and ``deviation`` are Algorithm 1's, returned unchanged: the
 bound propagation does not recompute ``P`` or ``U``.
 
