@@ -83,7 +83,7 @@ import lr_jax  # noqa: E402
 from lr_jax import local_bounds  # noqa: E402
 from lr_jax.networks.tracing import graph_nodes  # noqa: E402
 from lr_jax.bounds.core import default_chunk_size  # noqa: E402
-from tests.conv_nets import CONV_NETS, FlaxMNISTCNN, LeNet5  # noqa: E402
+from tests.conv_nets import CONV_NETS, FlaxMNISTCNN, LeNet5, make_network  # noqa: E402
 from tests.reference_algorithm1 import algorithm1_vectorised  # noqa: E402
 
 RADII = np.array([0.1, 0.2, 0.4, 0.8], dtype=np.float32)
@@ -413,11 +413,7 @@ def conv_child(name: str, method: str, n_points: int, repeats: int) -> dict:
     ball (one point, one radius): the memory one ball needs, compilation
     included. Then ``n_points`` points x the four radii are timed warm.
     """
-    cls, shape = CONV_NETS[name]
-    module = cls()
-    x0 = jnp.zeros(shape, jnp.float32)
-    variables = module.init(jax.random.PRNGKey(0), x0)
-    net = lr_jax.network_from_linen(module, variables, x0)
+    net, shape = make_network(name, jax.random.PRNGKey(0))
     xs = np.random.default_rng(1).uniform(0, 1, size=(n_points,) + shape).astype(np.float32)
     base = _rss_bytes()
     local_bounds(net, xs[:1], RADII[:1], method=method, masks=False).num_unstable.block_until_ready()
@@ -496,6 +492,13 @@ def conv_main(args) -> None:
               f"{t['seconds_per_1k_pairs'] / p['seconds_per_1k_pairs']:11.2f}x {p['peak_rss_one_ball'] / 2**30:11.2f} GiB "
               f"{t['peak_rss_one_ball'] / 2**30:11.2f} GiB {p['mean_c']:13.1f} {t['mean_c']:13.1f} {t['mean_log2']:16.1f}",
               flush=True)
+    if not args.conv_nets or "LeNet-5 (Equinox)" in args.conv_nets.split(","):
+        # The same LeNet-5 written channels first (Equinox, NCHW): the paper bound against the linen row.
+        e = _child_json(["--conv-child", "LeNet-5 (Equinox)", "--conv-method", "paper", "--conv-points",
+                         str(args.conv_points), "--repeats", str(args.repeats)])
+        print(f"{'LeNet-5 (Equinox)':18s} {e['relus']:7d} {e['pairs']:6d} {e['seconds_per_1k_pairs']:11.2f} "
+              f"{'':11s} {'':12s} {e['peak_rss_one_ball'] / 2**30:11.2f} GiB {'':15s} {e['mean_c']:13.1f}   (channels first)")
+        rows.append({"paper": e})
     if args.conv_step:
         st = _child_json(["--conv-step-child"])
         print(f"jitted training step of the Flax MNIST CNN bounding {st['points']} points x {st['radii']} radii (tight): "

@@ -7,6 +7,8 @@ writes it; ``CONV_NETS`` maps a name to ``(module class, input shape)``.
 from __future__ import annotations
 
 import flax.linen as nn
+import jax
+import jax.numpy as jnp
 
 
 class LeNet5(nn.Module):
@@ -57,6 +59,45 @@ class FlaxMNISTCNN(nn.Module):
         x = nn.avg_pool(x, (2, 2), strides=(2, 2))
         x = nn.relu(nn.Dense(256)(x.reshape(-1)))
         return nn.Dense(10)(x)
+
+
+def equinox_lenet5(key):
+    """LeNet-5 written in Equinox: channels first (``[1, 28, 28]``), ``NCHW`` convolutions."""
+    import equinox as eqx
+
+    class EqxLeNet5(eqx.Module):
+        c1: eqx.nn.Conv2d
+        c2: eqx.nn.Conv2d
+        d1: eqx.nn.Linear
+        d2: eqx.nn.Linear
+        d3: eqx.nn.Linear
+
+        def __init__(self, key):
+            k = jax.random.split(key, 5)
+            self.c1 = eqx.nn.Conv2d(1, 6, 5, key=k[0])
+            self.c2 = eqx.nn.Conv2d(6, 16, 5, key=k[1])
+            self.d1 = eqx.nn.Linear(256, 120, key=k[2])
+            self.d2 = eqx.nn.Linear(120, 84, key=k[3])
+            self.d3 = eqx.nn.Linear(84, 10, key=k[4])
+
+        def __call__(self, x):  # [1, 28, 28]
+            pool = eqx.nn.AvgPool2d(2, 2)
+            x = pool(jax.nn.relu(self.c1(x)))
+            x = pool(jax.nn.relu(self.c2(x))).reshape(-1)
+            return self.d3(jax.nn.relu(self.d2(jax.nn.relu(self.d1(x)))))
+
+    return EqxLeNet5(key)
+
+
+def make_network(name: str, key):
+    """``(Network, input shape)`` of a net of ``CONV_NETS`` or ``"LeNet-5 (Equinox)"``, Flax / Equinox default init."""
+    import lr_jax
+
+    if name == "LeNet-5 (Equinox)":
+        return lr_jax.network_from_equinox(equinox_lenet5(key), jnp.zeros((1, 28, 28))), (1, 28, 28)
+    cls, shape = CONV_NETS[name]
+    module, x0 = cls(), jnp.zeros(shape)
+    return lr_jax.network_from_linen(module, module.init(key, x0), x0), shape
 
 
 CONV_NETS = {
