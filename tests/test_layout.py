@@ -22,13 +22,15 @@ from tests.conv_nets import equinox_lenet5
         (("NHWC", "HWIO", "NHWC"), (1, 2), ((1, 0), (2, 1)), (1, 1), 1),
         (("NHWC", "OIHW", "NCHW"), (1, 1), "SAME", (2, 1), 1),
         (("CHWN", "IOHW", "HWNC"), (2, 2), "VALID", (1, 1), 2),
+        (("NCHW", "OIHW", "NCHW"), (2, 2), "SAME", (2, 1), 1),
     ],
 )
-def test_conv_channels_last_is_the_same_convolution(dn, strides, padding, dilation, groups):
+@pytest.mark.parametrize("features", [1, 8])  # by taps (at most 4 input features) and by XLA's convolution
+def test_conv_channels_last_is_the_same_convolution(dn, strides, padding, dilation, groups, features):
     with jax.enable_x64(True):
         rng = np.random.default_rng(0)
-        lhs_shape = {"N": 3, "C": 4, "H": 7, "W": 6}
-        rhs_shape = {"O": 6, "I": 4 // groups, "H": 3, "W": 2}
+        lhs_shape = {"N": 3, "C": features * groups, "H": 7, "W": 6}
+        rhs_shape = {"O": 6, "I": features, "H": 3, "W": 2}
         lhs = jnp.asarray(rng.normal(size=[lhs_shape[c] for c in dn[0]]))
         rhs = jnp.asarray(rng.normal(size=[rhs_shape[c] for c in dn[1]]))
         direct = lax.conv_general_dilated(lhs, rhs, strides, padding, rhs_dilation=dilation,

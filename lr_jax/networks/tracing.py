@@ -495,6 +495,48 @@ def _eval_eqn(eqn: _Eqn, vals):
     return out if eqn.prim.multiple_results else [out]
 
 
+# Convolutions reading at most this many input features run as shifted slices and one matmul.
+_TAPS_MAX_FEATURES = 4
+
+
+def _by_taps(params: dict, rhs) -> bool:
+    """Whether a channels-last conv (kernel ``[*window, I, O]``) is evaluated by :func:`_conv_by_taps`."""
+    return (
+        rhs.shape[-2] <= _TAPS_MAX_FEATURES
+        and params["feature_group_count"] == 1
+        and params["batch_group_count"] == 1
+        and all(d == 1 for d in params["lhs_dilation"])
+        and all(lo >= 0 and hi >= 0 for lo, hi in params["padding"])
+    )
+
+
+def _conv_by_taps(lhs, rhs, params: dict):
+    """A channels-last convolution as a sum over the window's taps: shifted strided slices, then one matmul.
+
+    ``y[n, q, o] = sum_{tap, i} x_pad[n, q * stride + tap * dilation, i] K[tap, i, o]``:
+    the same numbers as the convolution (up to the order of the sum). On a
+    network's first layer (an image with 1 to 4 channels) XLA's CPU
+    convolution is slow, and slower still for its transpose, the step that
+    moves the tight bound's rows onto the input (a transposed conv with one
+    output feature); written as slices and a matmul, JAX transposes it into a
+    matmul and pads, several times faster.
+    """
+    nd = lhs.ndim - 2
+    strides, dilation = params["window_strides"], params["rhs_dilation"]
+    x = jnp.pad(lhs, [(0, 0)] + [tuple(p) for p in params["padding"]] + [(0, 0)])
+    window = rhs.shape[:nd]
+    out = [(x.shape[1 + i] - (window[i] - 1) * dilation[i] - 1) // strides[i] + 1 for i in range(nd)]
+    cols = []
+    for tap in np.ndindex(*window):
+        start = [0] + [tap[i] * dilation[i] for i in range(nd)] + [0]
+        limit = [x.shape[0]] + [start[1 + i] + (out[i] - 1) * strides[i] + 1 for i in range(nd)] + [x.shape[-1]]
+        cols.append(jax.lax.slice(x, start, limit, [1] + list(strides) + [1]))
+    patches = jnp.concatenate(cols, axis=-1)  # [N, *out, taps * I], taps major as in the kernel
+    kernel = rhs.reshape(-1, rhs.shape[-1])
+    y = jnp.matmul(patches, kernel, precision=_HIGHEST, preferred_element_type=params.get("preferred_element_type"))
+    return y.astype(jnp.result_type(lhs.dtype, rhs.dtype)) if params.get("preferred_element_type") is None else y
+
+
 def _conv_channels_last(params: dict, lhs, rhs):
     """A convolution evaluated in the channels-last layout (``NHWC``, ``HWIO``), whatever its own.
 
@@ -510,15 +552,19 @@ def _conv_channels_last(params: dict, lhs, rhs):
     lhs_perm = (dn.lhs_spec[0],) + tuple(dn.lhs_spec[2:]) + (dn.lhs_spec[1],)
     rhs_perm = tuple(dn.rhs_spec[2:]) + (dn.rhs_spec[1], dn.rhs_spec[0])
     if lhs_perm == last and rhs_perm == last and dn.out_spec == dn.lhs_spec:
+        if _by_taps(params, rhs):
+            return _conv_by_taps(lhs, rhs, params)
         return jax.lax.conv_general_dilated_p.bind(lhs, rhs, **params)
     channels_last = jax.lax.ConvDimensionNumbers(
         lhs_spec=(0, nd + 1) + tuple(range(1, nd + 1)),
         rhs_spec=(nd + 1, nd) + tuple(range(nd)),
         out_spec=(0, nd + 1) + tuple(range(1, nd + 1)),
     )
-    out = jax.lax.conv_general_dilated_p.bind(
-        jnp.transpose(lhs, lhs_perm), jnp.transpose(rhs, rhs_perm), **{**params, "dimension_numbers": channels_last}
-    )
+    lhs, rhs = jnp.transpose(lhs, lhs_perm), jnp.transpose(rhs, rhs_perm)
+    if _by_taps(params, rhs):
+        out = _conv_by_taps(lhs, rhs, params)
+    else:
+        out = jax.lax.conv_general_dilated_p.bind(lhs, rhs, **{**params, "dimension_numbers": channels_last})
     # out is (N, spatial..., C): put each axis back where the equation's layout has it
     where = {dn.out_spec[0]: 0, dn.out_spec[1]: nd + 1}
     where.update({dn.out_spec[2 + i]: 1 + i for i in range(nd)})
