@@ -111,7 +111,7 @@ def test_a_spatially_varying_scale_is_not_local():
 
 @pytest.mark.slow
 def test_one_ball_of_the_flax_mnist_cnn_stays_in_bounded_memory():
-    """Peak RSS of one tight ball of Flax's MNIST CNN (37,888 ReLUs), in a fresh process.
+    """Peak RSS of one tight ball of Flax's MNIST CNN (37,888 ReLUs) under 2 GiB, in a fresh process.
 
     Before the block and window forms its second layer's rows were dense
     ``[25088 x 28 x 28 x 32]`` arrays (10.1 GiB peak); now memory grows with
@@ -131,4 +131,4 @@ def test_one_ball_of_the_flax_mnist_cnn_stays_in_bounded_memory():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     c, peak = map(int, out.stdout.split())
     assert c > 0
-    assert peak < 1.5 * 2**30, f"peak RSS {peak / 2**30:.2f} GiB"
+    assert peak < 2 * 2**30, f"peak RSS {peak / 2**30:.2f} GiB (the target: 2 GiB)"
