@@ -571,6 +571,36 @@ def _records_up_to(cfg, workdir: Path, epoch: int) -> tuple[list, dict]:
     return rows, {k: v if k == "seeds" else np.compress(keep, v, axis=0 if k == "epochs" else axis) for k, v in arrays.items()}
 
 
+def _restore_newest_intact(workdir: Path, start: int, state: TrainState) -> tuple[int, TrainState]:
+    """The state of the newest intact checkpoint up to ``start``, and its epoch.
+
+    A damaged checkpoint (unreadable, or arrays that differ from their
+    checksums) is set aside as ``checkpoints/<epoch>.damaged`` once an earlier
+    intact one is found, with a warning naming both; the records after that
+    epoch are dropped and recomputed.
+
+    Raises:
+      RunFileError: no checkpoint up to ``start`` is intact (the newest one's error).
+    """
+    candidates = [e for e in checkpoints.saved_epochs(workdir) if e <= start][::-1]
+    damaged = []
+    for epoch in candidates:
+        try:
+            restored = checkpoints.restore_state(workdir, epoch, state)
+        except RunFileError as e:
+            damaged.append((epoch, e))
+            if epoch == candidates[-1]:
+                first = str(damaged[0][1]).rsplit("; ", 1)[0]
+                either = "; no earlier checkpoint is intact either" if len(damaged) > 1 else ""
+                raise RunFileError(f"{first}{either}; {FIX_RUN}.") from None
+            continue
+        for bad, error in damaged:
+            aside = checkpoints.set_aside(workdir, bad)
+            log.warning("%s; set aside as %s, resuming from the checkpoint of epoch %d", str(error).rsplit("; ", 1)[0], aside, epoch)
+        return epoch, restored
+    raise RunFileError(f"{checkpoints.checkpoint_dir(workdir)}: no checkpoint up to epoch {start}; {FIX_RUN}.")
+
+
 def _epoch_axis(stacked: bool) -> int:
     """The epoch axis of a per-point array in ``bounds.npz``: ``[E, n]``, or ``[K, E, n]`` when stacked."""
     return 1 if stacked else 0
@@ -600,8 +630,8 @@ def setup_run(cfg, workdir: Path, start: int | None) -> Run:
     rows, per_point = [], {}
     if start is not None:
         write_json(workdir / STATUS, {"status": "running", "epoch": start})
+        start, state = _restore_newest_intact(workdir, start, state)
         rows, per_point = _records_up_to(cfg, workdir, start)
-        state = checkpoints.restore_state(workdir, start, state)
         log.info("resuming from the checkpoint of epoch %d (train state step %d)", start, int(np.max(state.step)))
     sizes = {name: int(x.shape[-2]) for name, x in points.items()}
     if stacked:
