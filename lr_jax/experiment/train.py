@@ -454,12 +454,32 @@ def _resume_hint(workdir: Path) -> str:
     return f"python scripts/train.py resume=true hydra.run.dir={workdir}"
 
 
-def check_resume(cfg, workdir: Path) -> int | None:
+def _is_given(key: str, given) -> bool:
+    """Whether the dotted ``key`` was set on the command line (``given``: None means every key was)."""
+    return given is None or any(key == g or key.startswith(g + ".") for g in given)
+
+
+def check_resume(cfg, workdir: Path, given=None) -> tuple[int | None, Any]:
     """Decides how a run starts in ``workdir``; refuses what would lose or mix work.
 
+    A resume runs the recorded settings: only the keys in ``given`` (those
+    set on the command line) are compared with the record, every other one
+    comes from ``config.yaml``. Output-only settings (``plot``, ``logger``)
+    may change; ``epochs`` may be raised, on an interrupted or a complete run,
+    which then continues to the new last epoch (the result equals a run
+    trained that long from the start).
+
+    Args:
+      cfg: the composed config of this invocation.
+      workdir: the run folder.
+      given: dotted keys set on the command line
+        (:func:`lr_jax.experiment.config.command_line_keys`); None compares
+        every setting.
+
     Returns:
-      The checkpoint epoch to resume from, or None to start from scratch
-      (a new run, or a run killed before its first checkpoint).
+      ``(start, cfg)``: the checkpoint epoch to resume from, or None to start
+      from scratch (a new run, or a run killed before its first checkpoint),
+      and the config to run (the recorded one when resuming).
 
     Raises:
       ConfigError: a new run in a folder that holds one, ``resume=true``
@@ -477,7 +497,7 @@ def check_resume(cfg, workdir: Path) -> int | None:
             raise config_lib.ConfigError(
                 f"invalid config resume=false: {workdir} already holds {what}; {cont}choose another hydra.run.dir."
             )
-        return None
+        return None, cfg
     if not recorded_path.exists():
         raise config_lib.ConfigError(f"invalid config resume=true: {workdir} holds no run to resume; start it without resume=true.")
     recorded = read_yaml(recorded_path, what="recorded config")
@@ -487,22 +507,33 @@ def check_resume(cfg, workdir: Path) -> int | None:
     lost = sorted(set(config_lib.flat_keys(current)) - set(config_lib.flat_keys(recorded)))
     if lost:
         raise RunFileError(f"{recorded_path}: recorded config is damaged (keys missing: {', '.join(lost[:5])}); {FIX_RUN}.")
-    diff = config_lib.computation_diff(recorded, current)
+    diff = [k for k in config_lib.computation_diff(recorded, current) if _is_given(k, given)]
+    extend = "epochs" in diff and current["epochs"] > recorded["epochs"]
+    if extend:
+        diff.remove("epochs")
     if diff:
         changes = ", ".join(f"{k}: {_dotted(recorded, k)!r} -> {_dotted(current, k)!r}" for k in diff)
         raise config_lib.ConfigError(
             f"invalid config resume=true: settings differ from the run's recorded config ({changes}); resume "
-            "without these overrides, or start a new run in another hydra.run.dir."
+            "without these overrides (only epochs may be raised), or start a new run in another hydra.run.dir."
         )
-    if status.get("status") == "complete":
-        raise config_lib.ConfigError(f"invalid config resume=true: the run in {workdir} is already complete; nothing to resume.")
+    if status.get("status") == "complete" and not extend:
+        raise config_lib.ConfigError(
+            f"invalid config resume=true: the run in {workdir} is already complete; nothing to resume "
+            f"(raise epochs above {recorded['epochs']} to train it longer)."
+        )
     if status.get("status") == "failed" and "diverged" in str(status.get("reason", "")):
         raise config_lib.ConfigError(
             f"invalid config resume=true: the run in {workdir} diverged ({status['reason']}); resuming would diverge "
             "again; start a new run with a lower lr or data.scale."
         )
     saved = checkpoints.saved_epochs(workdir)
-    return saved[-1] if saved else None
+    # The recorded settings (in the recorded order), with this invocation's output-only settings and length.
+    run_cfg = {**recorded, **{k: current[k] for k in config_lib.OUTPUT_ONLY_KEYS}, "epochs": current["epochs"] if extend else recorded["epochs"]}
+    run_cfg = OmegaConf.create(run_cfg)
+    if extend:
+        log.info("extending the run in %s from %d to %d epochs", workdir, recorded["epochs"], current["epochs"])
+    return (saved[-1] if saved else None), run_cfg
 
 
 def _dotted(d: dict, key: str):
@@ -542,7 +573,10 @@ def _records_up_to(cfg, workdir: Path, epoch: int) -> tuple[list, dict]:
     stacked = len(seeds) > 1
     fix = f"{FIX_RUN} (its checkpoints reach epoch {epoch}, its records do not)"
     metrics_path, bounds_path = workdir / METRICS, workdir / BOUNDS
-    rows = [r for r in read_metrics(metrics_path, fix=fix) if r["epoch"] <= epoch]
+    # A run extended past its old last epoch: that epoch was evaluated as the last one, and is not
+    # evaluated by the longer schedule (a run trained that long from the start has no row of it).
+    dropped = epoch if epoch not in expected else None
+    rows = [r for r in read_metrics(metrics_path, fix=fix) if r["epoch"] <= epoch and r["epoch"] != dropped]
     # A single run's rows have no seed field: its key is (epoch, -1, category).
     have = sorted((r["epoch"], r.get("seed", -1), r["category"]) for r in rows)
     want = sorted((e, s if stacked else -1, c) for e in expected for s in seeds for c in CATEGORIES)
@@ -558,7 +592,7 @@ def _records_up_to(cfg, workdir: Path, epoch: int) -> tuple[list, dict]:
         raise RunFileError(f"{bounds_path}: per-point bounds lack their epochs array; {fix}.")
     if stacked and arrays.get("seeds", np.zeros(0)).tolist() != list(seeds):
         raise RunFileError(f"{bounds_path}: per-point bounds do not hold the run's seeds {list(seeds)}; {fix}.")
-    keep, axis = arrays["epochs"] <= epoch, _epoch_axis(stacked)
+    keep, axis = (arrays["epochs"] <= epoch) & (arrays["epochs"] != dropped), _epoch_axis(stacked)
     per_point = {k: v for k, v in arrays.items() if k not in ("epochs", "seeds")}
     if arrays["epochs"][keep].tolist() != expected or any(
         a.ndim <= axis or a.shape[axis] != keep.size or (stacked and a.shape[0] != len(seeds)) for a in per_point.values()
@@ -800,12 +834,15 @@ def _fail(workdir: Path, epoch: int, reason: str) -> None:
     write_json(workdir / STATUS, {"status": "failed", "epoch": epoch, "reason": reason})
 
 
-def train_and_evaluate(cfg, workdir: str | Path) -> list[dict]:
+def train_and_evaluate(cfg, workdir: str | Path, given=None) -> list[dict]:
     """Trains the MLP and tracks local bounds; writes the run files into ``workdir``.
 
     Args:
       cfg: a composed ``TrainConfig`` (OmegaConf); paths are resolved in place.
       workdir: the run directory (Hydra's output dir under ``scripts/train.py``).
+      given: with ``resume=true``, the dotted keys set on the command line:
+        only these are compared with the recorded config, which supplies
+        every other setting (:func:`check_resume`); None compares every key.
 
     Returns:
       The ``metrics.jsonl`` rows.
@@ -823,8 +860,12 @@ def train_and_evaluate(cfg, workdir: str | Path) -> list[dict]:
     workdir = Path(workdir).expanduser().absolute()
     workdir.mkdir(parents=True, exist_ok=True)
     with RunLock(workdir), _stop_on_signals() as stop:
-        start = check_resume(cfg, workdir)  # a refusal writes nothing
+        start, cfg = check_resume(cfg, workdir, given)  # a refusal writes nothing
         try:
+            if cfg.resume:
+                recorded = read_yaml(workdir / CONFIG_FILE, what="recorded config")
+                if recorded["epochs"] != cfg.epochs:  # an extended run: the record of a run that long
+                    write_yaml(workdir / CONFIG_FILE, {**recorded, "epochs": cfg.epochs})
             return _train(cfg, workdir, start, stop)
         except RunInterrupted:
             raise
