@@ -35,6 +35,8 @@ def _quiet_libraries() -> None:
     # it found no TPU on every start; keep the run log to what the run does.
     logging.getLogger("absl").setLevel(logging.WARNING)
     logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
+    # A full disk also stops train.log: that must not add a traceback per log line to the one-line error.
+    logging.raiseExceptions = False
 
 
 def _given_keys(cfg: DictConfig) -> set[str] | None:

@@ -22,6 +22,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
+import re
 import shutil
 import sys
 from contextlib import contextmanager
@@ -117,13 +119,20 @@ def save(mngr: ocp.CheckpointManager, epoch: int, state: Any) -> None:
     path = checkpoint_dir(run_dir) / str(epoch)
     try:
         atomic_write(checksum_path(run_dir, epoch), lambda p: p.write_text(json.dumps(sums, indent=2, sort_keys=True) + "\n"))
-        mngr.save(epoch, args=ocp.args.StandardSave(items))
-        mngr.wait_until_finished()
+        with _quiet_orbax():  # a failed write is reported once, below, not by Orbax's threads
+            mngr.save(epoch, args=ocp.args.StandardSave(items))
+            mngr.wait_until_finished()
     except Exception as e:  # noqa: BLE001 - Orbax and TensorStore raise their own types for a failed write
         _remove_partial(run_dir, epoch)
         if isinstance(e, RunWriteError):
             raise
-        raise RunWriteError.of(path, e, what="checkpoint") from None
+        raise RunWriteError.of(path, _os_error(e), what="checkpoint") from None
+
+
+def _os_error(error: BaseException) -> BaseException:
+    """The operating system's error inside a TensorStore message (``[os_error_code='28']``), if any."""
+    found = re.search(r"os_error_code='?(\d+)", str(error))
+    return OSError(os.strerror(int(found.group(1)))) if found else error
 
 
 def _verify(run_dir: Path, epoch: int, restored: dict, fix: str) -> None:
@@ -180,8 +189,8 @@ def _drop_failed_read_aftermath() -> None:
 
 
 @contextmanager
-def _quiet_restore():
-    """Silences Orbax's own ERROR lines while restoring: a damaged checkpoint is reported once, by read_file."""
+def _quiet_orbax():
+    """Silences Orbax's own ERROR lines while restoring or saving: a failure is reported once, by lr_jax."""
     _drop_failed_read_aftermath()
     absl = logging.getLogger("absl")
     level = absl.level
@@ -235,7 +244,7 @@ def restore_state(run_dir: str | Path, epoch: int, state: Any) -> Any:
     _check_metadata(path, _fix(Path(run_dir), epoch, for_training=True))
 
     def parse(_):
-        with _quiet_restore(), ocp.CheckpointManager(checkpoint_dir(run_dir)) as mngr:
+        with _quiet_orbax(), ocp.CheckpointManager(checkpoint_dir(run_dir)) as mngr:
             return mngr.restore(epoch, args=ocp.args.StandardRestore(target))
 
     fix = _fix(Path(run_dir), epoch, for_training=True)
@@ -257,7 +266,7 @@ def restore_params(run_dir: str | Path, epoch: int) -> Any:
     def parse(_):
         if not path.is_dir():
             raise FileNotFoundError(path)
-        with _quiet_restore(), ocp.CheckpointManager(checkpoint_dir(run_dir)) as mngr:
+        with _quiet_orbax(), ocp.CheckpointManager(checkpoint_dir(run_dir)) as mngr:
             return mngr.restore(epoch, args=ocp.args.StandardRestore())["params"]
 
     fix = _fix(Path(run_dir), epoch, for_training=False)

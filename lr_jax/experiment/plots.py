@@ -43,7 +43,7 @@ def plot_run(rows: Sequence[dict], path: str | Path, title: str = "") -> None:
     axes[0].legend()
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=100, format="png")
     plt.close(fig)
 
 

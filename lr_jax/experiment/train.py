@@ -91,6 +91,8 @@ from lr_jax.experiment.models import MLP, init_mlp
 from lr_jax.experiment.run_files import (
     FIX_RUN,
     RunFileError,
+    RunWriteError,
+    atomic_write,
     read_json,
     read_metrics,
     read_npz,
@@ -851,6 +853,9 @@ def train_and_evaluate(cfg, workdir: str | Path, given=None) -> list[dict]:
       ConfigError: invalid values (before any data is loaded) or a refused resume.
       RunLockedError: another process is writing into ``workdir``.
       RunFileError: a damaged run file, named in one line.
+      RunWriteError: a run file could not be written (full disk, read-only
+        folder): one line naming it, the run marked ``failed`` when possible,
+        no temporary file left; ``resume=true`` continues it once fixed.
       TrainingDiverged: a non-finite loss (the run is marked ``failed``).
       RunInterrupted: SIGINT/SIGTERM (the run is marked ``interrupted``).
     """
@@ -872,20 +877,31 @@ def train_and_evaluate(cfg, workdir: str | Path, given=None) -> list[dict]:
         except KeyboardInterrupt:
             _mark(workdir, "interrupted")
             raise
+        except RunWriteError as e:  # a full disk or a read-only folder: resumable once it is fixed
+            e = e.then(f"continue with `{_resume_hint(workdir)}`")
+            _mark(workdir, "failed", f"{type(e).__name__}: {e}")
+            raise e from None
         except BaseException as e:
             _mark(workdir, "failed", f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}")
             raise
 
 
 def _mark(workdir: Path, status: str, reason: str | None = None) -> None:
-    """Marks a run that stopped on an error (keeping a more specific ``failed`` reason)."""
+    """Marks a run that stopped on an error (keeping a more specific ``failed`` reason).
+
+    When the status cannot be written (the disk is full), it stays at its last
+    consistent value, which a resume reads as a killed run.
+    """
     try:
         current = read_json(workdir / STATUS)
     except RunFileError:
         current = {}
     if current.get("status") == "failed":
         return
-    write_json(workdir / STATUS, {"status": status, "epoch": current.get("epoch"), **({"reason": reason} if reason else {})})
+    try:
+        write_json(workdir / STATUS, {"status": status, "epoch": current.get("epoch"), **({"reason": reason} if reason else {})})
+    except RunWriteError:
+        pass  # the error being raised says which write failed
 
 
 def train_epoch(run: Run, state: TrainState, epoch: int) -> TrainState:
@@ -942,9 +958,10 @@ def finish_run(run: Run, rows: list, seconds: float, bound_seconds: float) -> No
 
         if run.stacked:
             title = f"lr={cfg.lr} depth={cfg.depth} mean of seeds {run.seeds[0]}..{run.seeds[-1]}"
-            plot_run(mean_over_seeds(rows), workdir / "trajectories.png", title=title)
+            plotted = mean_over_seeds(rows)
         else:
-            plot_run(rows, workdir / "trajectories.png", title=f"lr={cfg.lr} depth={cfg.depth} seed={cfg.seed}")
+            title, plotted = f"lr={cfg.lr} depth={cfg.depth} seed={cfg.seed}", rows
+        atomic_write(workdir / "trajectories.png", lambda p: plot_run(plotted, p, title=title))
     write_json(workdir / "timing.json", {"total_seconds": seconds, "bound_seconds": bound_seconds})
     try:
         final_check(run)
