@@ -101,8 +101,9 @@ def local_bounds(
       masks: False to return only ``num_unstable`` and ``log2_bound`` (the
         mask fields are None), which keeps the output ``O(N R)``.
       devices: devices to shard the points over; default all of ``jax.devices()``.
-      validate: add ``checkify`` checks of the values (for use under
-        ``checkify.checkify`` when the inputs are traced).
+      validate: add ``checkify`` checks of the values of the points, radii
+        and weights (for use under ``checkify.checkify`` when they are traced,
+        e.g. inside a training step).
 
     Returns:
       :class:`LocalBound` whose fields have leading axes ``[N, R]``; masks
@@ -118,7 +119,7 @@ def local_bounds(
         raise ValueError(f"method must be one of {tuple(METHODS)}, got {method!r}.")
     net, xs, radii = prepare_inputs(network, xs, radii, batched=True)
     if validate:
-        checkify_inputs(xs, radii)
+        checkify_inputs(xs, radii, net)
     n, r = xs.shape[0], radii.shape[0]
     if chunk_size is None:
         chunk_size = default_chunk_size(net, xs.dtype)
