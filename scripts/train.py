@@ -43,7 +43,10 @@ def _given_keys(cfg: DictConfig) -> set[str] | None:
     """With ``resume=true``, the keys this command line set (the rest comes from the run's record)."""
     if not cfg.resume:
         return None
-    defaults = OmegaConf.to_container(hydra.compose(config_name="train"), resolve=True)
+    try:
+        defaults = OmegaConf.to_container(hydra.compose(config_name="train"), resolve=True)
+    except Exception:  # noqa: BLE001 - no compose API in this launcher's worker: compare every setting, as before
+        return None
     return command_line_keys(list(HydraConfig.get().overrides.task), OmegaConf.to_container(cfg, resolve=True), defaults)
 
 
