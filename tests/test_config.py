@@ -318,7 +318,7 @@ def test_batch_size_above_the_data_is_refused():
         validate(compose_train(["data.per_class=10", "optim.batch_size=21"]))
 
 
-@pytest.mark.parametrize("args", [["+foo=1"], ["lr=abc"], ["depth=0"]])
+@pytest.mark.parametrize("args", [["+foo=1"], pytest.param(["lr=abc"], marks=pytest.mark.slow), ["depth=0"]])
 def test_refused_script_run_exits_2_in_one_line_and_leaves_no_folder(args, tmp_path):
     proc = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "train.py"), *args, f"hydra.run.dir={tmp_path}/run"],

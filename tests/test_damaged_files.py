@@ -80,7 +80,7 @@ def test_garbage_file_is_named(resumable, tmp_path, name):
     _check(resumable, tmp_path, name, "garbage")
 
 
-@pytest.mark.parametrize("name", CHECKPOINT_FILES)
+@pytest.mark.parametrize("name", [CHECKPOINT_FILES[0], pytest.param(CHECKPOINT_FILES[1], marks=pytest.mark.slow)])
 def test_garbage_checkpoint_is_set_aside(resumable, tiny_run, tmp_path, name, caplog):
     _check_fallback(resumable, tiny_run, tmp_path, name, "garbage", caplog)
 

@@ -54,25 +54,25 @@ def test_train_mode_batch_norm_is_an_lr_jax_error():
     lr_jax.network_from_linen(model, variables, jnp.zeros(4), train=False)
 
 
-class _BatchFirstCNN(nn.Module):
-    """As the official Flax MNIST example: a batch [B, H, W, C] in, flattened per example."""
+class _BatchFirst(nn.Module):
+    """As the official Flax MNIST example: a batch [B, ...] in, flattened per example with x.shape[0]."""
 
     @nn.compact
     def __call__(self, x):
-        x = nn.relu(nn.Conv(4, (3, 3))(x))
+        x = nn.relu(nn.Dense(4)(x))
         x = x.reshape((x.shape[0], -1))
-        return nn.Dense(2)(nn.relu(nn.Dense(8)(x)))
+        return nn.Dense(2)(nn.relu(nn.Dense(3)(x)))
 
 
 def test_batch_first_model_gets_a_hint_and_is_accepted_with_batch_axis():
-    model = _BatchFirstCNN()
-    variables = model.init(jax.random.key(0), jnp.zeros((1, 6, 6, 1)))
+    model = _BatchFirst()
+    variables = model.init(jax.random.key(0), jnp.zeros((1, 6)))
     with pytest.raises(ValueError, match=r"pass batch_axis=0"):
-        lr_jax.network_from_linen(model, variables, jnp.zeros((6, 6, 1)))
-    net = lr_jax.network_from_linen(model, variables, jnp.zeros((6, 6, 1)), batch_axis=0)
-    xs = jax.random.normal(jax.random.key(1), (3, 6, 6, 1))
-    np.testing.assert_allclose(jax.vmap(net.apply)(xs), model.apply(variables, xs), rtol=1e-5, atol=1e-6)
-    assert lr_jax.local_bounds(net, xs, 0.1).num_unstable.shape == (3, 1)
+        lr_jax.network_from_linen(model, variables, jnp.zeros(6))
+    net = lr_jax.network_from_linen(model, variables, jnp.zeros(6), batch_axis=0)
+    xs = jax.random.normal(jax.random.key(1), (2, 6))
+    np.testing.assert_allclose(net.apply(xs[1]), model.apply(variables, xs)[1], rtol=1e-5, atol=1e-6)
+    assert net.num_layers == 2 and net.input_shape == (6,)
 
 
 def test_count_regions_without_clarabel_names_the_extra():

@@ -43,6 +43,7 @@ def _assert_identical(run_dir, reference):
         assert (run_dir / name).read_bytes() == (reference / name).read_bytes(), name
 
 
+@pytest.mark.slow  # the fast tier resumes with given keys below; the printed line itself: test_run_lifecycle
 def test_resume_without_overrides_runs_the_recorded_settings(stopped_at_2, tiny_run):
     _resume(stopped_at_2, [])  # exactly what the interrupt line prints: resume=true and the folder
     _assert_identical(stopped_at_2, tiny_run)
