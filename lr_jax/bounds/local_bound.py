@@ -101,9 +101,8 @@ def local_bounds(
       masks: False to return only ``num_unstable`` and ``log2_bound`` (the
         mask fields are None), which keeps the output ``O(N R)``.
       devices: devices to shard the points over; default all of ``jax.devices()``.
-      validate: add ``checkify`` checks of the values of the points, radii
-        and weights (for use under ``checkify.checkify`` when they are traced,
-        e.g. inside a training step).
+      validate: add ``checkify`` checks of the values (for use under
+        ``checkify.checkify`` when the inputs are traced).
 
     Returns:
       :class:`LocalBound` whose fields have leading axes ``[N, R]``; masks
