@@ -177,3 +177,14 @@ def test_script_on_config_missing_keys_exits_2_with_one_line(tiny_run, tmp_path)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and f"{run / 'config.yaml'}: config is damaged (keys missing: bound.r_max)" in lines[0], proc.stderr
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [(["chekpoint=/x"], "unknown key chekpoint; did you mean checkpoint=/x?"), (["epoch=abc"], "invalid config epoch=abc: Value 'abc'")],
+)
+def test_bad_command_line_is_one_line(args, message):
+    from lr_jax.experiment.config import check_command_line
+
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        check_command_line(args, ROOT / "configs", "bound")
