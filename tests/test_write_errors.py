@@ -87,3 +87,17 @@ def test_file_size_limit_in_the_script_is_one_line_and_resumable(tmp_path, tiny_
     if not overrides:
         for name in CONTRACT:
             assert (run_dir / name).read_bytes() == (tiny_run / name).read_bytes(), name
+
+
+def test_read_only_folder_is_one_line_before_anything_is_written(tmp_path, monkeypatch):
+    from lr_jax.experiment import run_lock
+
+    def read_only(path, *a, **kw):
+        raise OSError(errno.EROFS, "Read-only file system", str(path))
+
+    monkeypatch.setattr(run_lock.os, "open", read_only)
+    run_dir = tmp_path / "run"
+    with pytest.raises(RunWriteError) as err:
+        train_and_evaluate(compose_train(TINY), run_dir)
+    assert str(err.value).startswith(f"{run_dir / 'run.lock'}: could not write run lock (Read-only file system); ")
+    assert "\n" not in str(err.value) and list(run_dir.iterdir()) == []

@@ -863,7 +863,10 @@ def train_and_evaluate(cfg, workdir: str | Path, given=None) -> list[dict]:
     if isinstance(cfg, DictConfig):
         config_lib.resolve_paths(cfg)
     workdir = Path(workdir).expanduser().absolute()
-    workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise RunWriteError.of(workdir, OSError(e.strerror) if e.strerror else e, what="run folder") from None
     with RunLock(workdir), _stop_on_signals() as stop:
         start, cfg = check_resume(cfg, workdir, given)  # a refusal writes nothing
         try:
