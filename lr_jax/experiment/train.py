@@ -10,8 +10,10 @@ train state, resume), :func:`evaluate` (returns an :class:`EvalRecord`),
 
 A run directory holds (the contract the sweep and the plots read):
 
-* ``config.yaml``: the full resolved config, written once when the run starts
-  (paths absolute); a resume must match it (:func:`check_resume`);
+* ``config.yaml``: the full resolved config, written when the run starts
+  (paths absolute); a resume runs it, and the settings given on its command
+  line must match it, except a raised ``epochs``, which extends the run and
+  is recorded (:func:`check_resume`);
 * ``data.json``: the data source, its note, the chosen digit indices and a
   fingerprint of every category's points;
 * ``metrics.jsonl``: one row per (evaluated epoch, category) with ``epoch``,
@@ -25,7 +27,10 @@ A run directory holds (the contract the sweep and the plots read):
   category at every evaluated epoch (``<category>`` and
   ``<category>_single_region_radius``, ``[E, n]``; ``epochs`` ``[E]``);
 * ``checkpoints/<epoch>``: Orbax checkpoints of the train state (step, params,
-  optimizer state) at every evaluated epoch, and where a run was interrupted;
+  optimizer state) at every evaluated epoch, and where a run was interrupted,
+  each with ``checkpoints/<epoch>.sha256.json``, the checksums of its arrays
+  (:mod:`lr_jax.experiment.checkpoints`; a damaged one is set aside as
+  ``<epoch>.damaged`` by a resume, which continues from the newest intact one);
 * ``status.json``: ``running``, ``interrupted``, ``failed`` (with a reason) or
   ``complete``, and the last saved epoch; ``complete`` is written only after a
   final check of every expected row and file;
