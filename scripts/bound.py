@@ -17,8 +17,9 @@ radius, by default with the run's own search (``bound.r_max``,
 Writes a CSV with one row per (point, radius) (columns:
 ``lr_jax.experiment.saved_runs.CSV_COLUMNS``) atomically (``out``, default
 ``RUN/bounds_<epoch>.csv``), and logs a summary per category and radius.
-Invalid arguments and missing or damaged run files fail with one line on
-stderr and exit status 2. Config: ``configs/bound.yaml`` (schema
+Invalid arguments (unknown keys, with or without ``+``, values of the wrong
+type) and missing or damaged run files fail with one line on stderr and exit
+status 2. Config: ``configs/bound.yaml`` (schema
 ``BoundScriptConfig`` in lr_jax/experiment/config.py).
 """
 
@@ -32,7 +33,7 @@ import hydra
 from omegaconf import DictConfig
 from tqdm import tqdm
 
-from lr_jax.experiment.config import BoundJob, parse_bound_job, register_configs
+from lr_jax.experiment.config import BoundJob, ConfigError, check_command_line, parse_bound_job, register_configs
 from lr_jax.experiment.run_files import RunFileError
 from lr_jax.experiment.saved_runs import evaluate_run, summary_lines, write_csv
 
@@ -63,4 +64,9 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    try:  # unknown keys (with or without +) and values of the wrong type: one line, before Hydra runs
+        check_command_line(sys.argv[1:], Path(__file__).resolve().parent.parent / "configs", "bound")
+    except ConfigError as e:
+        print(f"bound.py: error: {e}", file=sys.stderr)
+        sys.exit(2)
     main()

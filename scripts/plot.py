@@ -22,9 +22,6 @@ import logging
 import sys
 from pathlib import Path
 
-from lr_jax.experiment.run_files import RunFileError
-from lr_jax.experiment.sweep_report import report_settings, report_sweep, setting_names
-
 log = logging.getLogger("plot")
 
 
@@ -34,7 +31,12 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, default=None, help="output folder (one sweep: default MULTIRUN_DIR; several: required)")
     p.add_argument("--labels", default=None, help="several sweeps: comma-separated setting names (default: folder names)")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    # Imported after the arguments: `--help` needs none of JAX or matplotlib.
+    from lr_jax.experiment.run_files import RunFileError
+    from lr_jax.experiment.sweep_report import report_settings, report_sweep, setting_names
+
+    # force: an imported library may have configured the root logger already (the INFO lines would vanish).
+    logging.basicConfig(level=logging.INFO, format="%(message)s", force=True)
     dirs, several = args.multirun_dirs, len(args.multirun_dirs) > 1
     try:
         if several and args.out is None:
@@ -48,7 +50,10 @@ def main(argv=None) -> int:
                 log.info("wrote %s", path)
             log.info("%s: %d complete jobs, %d missing", name, len(report.runs.complete), len(report.runs.missing))
             for m in report.runs.missing:
-                log.warning("missing job lr=%s depth=%s seed=%s: %s", m["lr"], m["depth"], m["seed"], m["reason"])
+                if m["lr"] is None:
+                    log.warning("damaged job %s: %s", m["dir"], m["reason"])
+                else:
+                    log.warning("missing job lr=%s depth=%s seed=%s: %s", m["lr"], m["depth"], m["seed"], m["reason"])
         if several:
             for path in report_settings(reports, args.out):
                 log.info("wrote %s", path)

@@ -146,3 +146,45 @@ def test_run_from_before_config_yaml_is_rebuilt_as_trained(tiny_run, tmp_path):
     run = load_run(old)
     _, (names, _, label) = run_points(run, ("train",))
     assert run.epoch == 4 and names.size == 500 and np.bincount(label).tolist() == [250, 250]
+
+
+def _without_key(tiny_run, tmp_path, section, key):
+    import shutil
+
+    import yaml
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    del cfg[section][key]
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    return run
+
+
+def test_config_missing_keys_is_named_in_one_line(tiny_run, tmp_path):
+    from lr_jax.experiment.experiment import load_run
+    from lr_jax.experiment.run_files import RunFileError
+
+    run = _without_key(tiny_run, tmp_path, "data", "pooling")
+    with pytest.raises(RunFileError, match=rf"^{run / 'config.yaml'}: config is damaged \(keys missing: data.pooling\); "):
+        load_run(run)
+
+
+@pytest.mark.slow
+def test_script_on_config_missing_keys_exits_2_with_one_line(tiny_run, tmp_path):
+    run = _without_key(tiny_run, tmp_path, "bound", "r_max")
+    proc = _bound(f"checkpoint={run}")
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"{run / 'config.yaml'}: config is damaged (keys missing: bound.r_max)" in lines[0], proc.stderr
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [(["chekpoint=/x"], "unknown key chekpoint; did you mean checkpoint=/x?"), (["epoch=abc"], "invalid config epoch=abc: Value 'abc'")],
+)
+def test_bad_command_line_is_one_line(args, message):
+    from lr_jax.experiment.config import check_command_line
+
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        check_command_line(args, ROOT / "configs", "bound")

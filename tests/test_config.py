@@ -279,3 +279,52 @@ def test_he_initialisation_doubles_the_kernel_variance():
     assert variances["lecun"] == pytest.approx(1.0, rel=0.025) and variances["he"] == pytest.approx(2.0, rel=0.025)
     with pytest.raises(ConfigError, match="model.init"):
         validate(compose_train(["model.init=xavier"]))
+
+
+# ---------------------------------------------------------------------------
+# The command line, checked before Hydra runs (issue 18, item 5)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["+foo=1"], "invalid config +foo=1: unknown key foo;"),
+        (["foo=1"], "invalid config foo=1: unknown key foo;"),
+        (["lrr=0.1"], "invalid config lrr=0.1: unknown key lrr; did you mean lr=0.1?"),
+        (["data.scal=3"], "did you mean data.scale=3?"),
+        (["+lr=0.1"], "lr already exists; set it without '+'"),
+        (["lr=abc"], "invalid config lr=abc: Value 'abc'"),
+        (["depth=1.5"], "invalid config depth=1.5: Value '1.5'"),
+        (["seeds=2.5"], "invalid config seeds=2.5: Value '2.5'"),
+        (["lr=0.1", "epochs=x"], "invalid config epochs=x: Value 'x'"),
+        (["optim=adamw"], "did you mean optim=adam?"),
+        (["lr=[1"], "invalid config lr=[1: cannot parse it"),
+    ],
+)
+def test_bad_command_line_is_one_line(args, message):
+    with pytest.raises(ConfigError) as err:
+        config_lib.check_command_line(args, CONFIG_DIR, "train")
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_good_command_line_passes():
+    config_lib.check_command_line(["lr=0.1", "optim=adam", "bound.methods=[paper,tight]", "hydra.run.dir=/x", "--multirun"], CONFIG_DIR, "train")
+    config_lib.check_command_line(["lr=0.1,0.2", "robustness=scale16", "data.per_class=null"], CONFIG_DIR, "train")
+
+
+def test_batch_size_above_the_data_is_refused():
+    validate(compose_train(["data.per_class=10", "optim.batch_size=20"]))
+    with pytest.raises(ConfigError, match=r"optim.batch_size=21.*above the 20 training points"):
+        validate(compose_train(["data.per_class=10", "optim.batch_size=21"]))
+
+
+@pytest.mark.parametrize("args", [["+foo=1"], pytest.param(["lr=abc"], marks=pytest.mark.slow), ["depth=0"]])
+def test_refused_script_run_exits_2_in_one_line_and_leaves_no_folder(args, tmp_path):
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "train.py"), *args, f"hydra.run.dir={tmp_path}/run"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2
+    lines = [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
+    assert len(lines) == 1 and f"invalid config {args[0]}" in lines[0], lines
+    assert not (tmp_path / "run").exists()

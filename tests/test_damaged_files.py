@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import subprocess
 import sys
@@ -20,9 +21,10 @@ FILES = {
     "data.json": "data.json",
     "status.json": "status.json",
     "config.yaml": "config.yaml",
-    "checkpoints/4/default/ocdbt.process_0/d": "checkpoints/4",
-    "checkpoints/4/_CHECKPOINT_METADATA": "checkpoints/4",
 }
+# A damaged checkpoint: a resume sets it aside and continues from the newest intact one.
+CHECKPOINT_FILES = ("checkpoints/4/default/ocdbt.process_0/d", "checkpoints/4/_CHECKPOINT_METADATA")
+CONTRACT = ("metrics.jsonl", "bounds.npz", "data.json", "config.yaml", "status.json")
 
 
 def _damage(path, mode):
@@ -62,9 +64,25 @@ def _check(resumable, tmp_path, name, mode):
     assert b'"complete"' not in (run_dir / "status.json").read_bytes()
 
 
+def _check_fallback(resumable, tiny_run, tmp_path, name, mode, caplog):
+    run_dir = _damaged_copy(resumable, tmp_path, name, mode)
+    with caplog.at_level(logging.WARNING):
+        train_and_evaluate(compose_train(TINY + ["resume=true"]), run_dir)
+    lines = [r.getMessage() for r in caplog.records if "set aside" in r.getMessage()]
+    assert len(lines) == 1 and lines[0].startswith(str(run_dir / "checkpoints" / "4"))
+    assert "resuming from the checkpoint of epoch 2" in lines[0]
+    for f in CONTRACT:
+        assert (run_dir / f).read_bytes() == (tiny_run / f).read_bytes(), f
+
+
 @pytest.mark.parametrize("name", list(FILES))
 def test_garbage_file_is_named(resumable, tmp_path, name):
     _check(resumable, tmp_path, name, "garbage")
+
+
+@pytest.mark.parametrize("name", [CHECKPOINT_FILES[0], pytest.param(CHECKPOINT_FILES[1], marks=pytest.mark.slow)])
+def test_garbage_checkpoint_is_set_aside(resumable, tiny_run, tmp_path, name, caplog):
+    _check_fallback(resumable, tiny_run, tmp_path, name, "garbage", caplog)
 
 
 @pytest.mark.slow
@@ -72,6 +90,13 @@ def test_garbage_file_is_named(resumable, tmp_path, name):
 @pytest.mark.parametrize("name", list(FILES))
 def test_truncated_or_zeroed_file_is_named(resumable, tmp_path, name, mode):
     _check(resumable, tmp_path, name, mode)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["truncated", "zeroed"])
+@pytest.mark.parametrize("name", CHECKPOINT_FILES)
+def test_truncated_or_zeroed_checkpoint_is_set_aside(resumable, tiny_run, tmp_path, name, mode, caplog):
+    _check_fallback(resumable, tiny_run, tmp_path, name, mode, caplog)
 
 
 def _one_error_line(output, path):
@@ -82,14 +107,17 @@ def _one_error_line(output, path):
 
 
 def test_train_script_exits_2_with_one_line(resumable, tmp_path):
-    run_dir = _damaged_copy(resumable, tmp_path, "checkpoints/4/default/ocdbt.process_0/d", "zeroed")
+    run_dir = tmp_path / "run"
+    shutil.copytree(resumable, run_dir)
+    for epoch in (0, 2, 4):  # no intact checkpoint to fall back on
+        _damage(run_dir / "checkpoints" / str(epoch) / "default" / "ocdbt.process_0" / "d", "zeroed")
     proc = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "train.py"), *TINY, "resume=true", f"hydra.run.dir={run_dir}"],
         capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 2
     line = _one_error_line(proc.stdout + proc.stderr, run_dir / "checkpoints" / "4")
-    assert "resume=true continues from the checkpoint of epoch 2" in line
+    assert "delete the run folder and start the run again" in line
 
 
 @pytest.mark.slow

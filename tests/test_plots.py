@@ -62,3 +62,28 @@ def test_figure3_gains_the_exact_count_panels_when_regions_were_counted(tmp_path
     counted = plot_figure3(summarise(counted_rows), tmp_path / "counted")
     # Two panels per learning rate become four: the figure doubles in width, same height.
     assert _png_width(counted[0]) == 2 * _png_width(plain[0])
+
+
+@pytest.mark.slow  # draws the three Figure 3 figures
+def test_radius_and_log2_legends_hide_no_line(tmp_path, monkeypatch):
+    from lr_jax.experiment import plots
+
+    saved = {}
+
+    def keep(fig, out_dir, stem, dpi):
+        fig.canvas.draw()
+        saved[stem] = fig
+        return []
+
+    monkeypatch.setattr(plots, "_save_figure", keep)
+    plot_figure3(summarise(_rows(0.02) + _rows(0.001) + _rows(0.02, depth=3)), tmp_path)
+    for stem in ("figure3_radius", "figure3_log2"):
+        fig = saved[stem]
+        renderer = fig.canvas.get_renderer()
+        for ax in fig.axes:
+            legend = ax.get_legend()
+            if legend is None:
+                continue
+            box = legend.get_window_extent(renderer)
+            # Outside every panel's plotting area, so no line, marker or band is under it.
+            assert all(not box.overlaps(other.get_window_extent(renderer)) for other in fig.axes), stem

@@ -240,3 +240,18 @@ def test_second_process_is_refused_and_a_stale_lock_is_cleared(tmp_path, referen
     assert (run_dir / "run.lock").exists()  # left behind by the killed holder: stale
     train_and_evaluate(compose_train(TINY), run_dir)
     _assert_identical(run_dir, reference)
+
+
+@pytest.mark.slow
+def test_the_printed_resume_line_continues_the_run_as_is(tmp_path, reference):
+    import shlex
+
+    run_dir = tmp_path / "run"
+    proc = _train_script(run_dir, fault=("in_epoch", 3, "SIGINT"))  # TINY: every setting non-default
+    assert proc.returncode == 130, proc.stderr[-2000:]
+    line = next(line for line in (proc.stdout + proc.stderr).splitlines() if "interrupted after epoch 3" in line)
+    command = shlex.split(line.split("`")[1])
+    assert command[:2] == ["python", "scripts/train.py"]
+    proc = subprocess.run([sys.executable, *command[1:]], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    _assert_identical(run_dir, reference)

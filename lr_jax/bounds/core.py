@@ -300,12 +300,20 @@ def prepare_inputs(net_or_layers, xs, radii, *, batched: bool):
     return net, xs, radii
 
 
-def checkify_inputs(xs: jax.Array, radii: jax.Array) -> None:
-    """``checkify`` checks for NaN/inf points and negative or non-finite radii.
+def checkify_inputs(xs: jax.Array, radii: jax.Array, net=None) -> None:
+    """``checkify`` checks for NaN/inf points, weights and negative or non-finite radii.
 
     For ``validate=True`` under ``jax.experimental.checkify.checkify``: the
-    checks run on traced values and surface through the returned error.
+    checks run on traced values and surface through the returned error. The
+    weights (``net``: ``layers`` or a Network) are checked too: inside a
+    training step they are traced, and a diverged step's NaN weights would
+    otherwise give normal-looking counts.
     """
+    if net is not None:
+        floats = [leaf for leaf in jax.tree.leaves(net) if hasattr(leaf, "dtype") and jnp.issubdtype(leaf.dtype, jnp.floating)]
+        if floats:
+            finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in floats]))
+            checkify.check(finite, "lr_jax: the network's params contain NaN or inf")
     checkify.check(jnp.all(jnp.isfinite(xs)), "lr_jax: xs contains NaN or inf")
     checkify.check(jnp.all(jnp.isfinite(radii)), "lr_jax: a radius is NaN or inf")
     checkify.check(jnp.all(radii >= 0), "lr_jax: a radius is negative")

@@ -65,16 +65,29 @@ and is not jitted.
 
 from __future__ import annotations
 
+import logging
 import math
+import time
 from collections import deque
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
-import clarabel
 import numpy as np
-import scipy.sparse as sp
+
+try:
+    import clarabel
+    import scipy.sparse as sp
+except ModuleNotFoundError as _missing:  # the optional extra
+    raise ImportError(
+        f"lr_jax.count_regions needs the conic solver Clarabel and SciPy ({_missing.name} is not installed): "
+        "pip install 'lr_jax[exact]' (or pip install clarabel scipy)."
+    ) from _missing
 
 from lr_jax.bounds.core import prepare_inputs
 from lr_jax.networks.tracing import Network, graph_nodes
+
+log = logging.getLogger(__name__)
+# Seconds between two progress reports of a long search.
+PROGRESS_SECONDS = 10.0
 
 # A row counts as constant (a_j = 0) when its norm is below this fraction of
 # the largest row norm in its layer: exact zeros (all inputs switched off) are
@@ -97,7 +110,8 @@ class RegionCount(NamedTuple):
     Attributes:
       count: number of regions found meeting the closed ball.
       complete: False when the search stopped at ``max_regions`` (then
-        ``count == max_regions`` and more regions exist).
+        ``count == max_regions`` and more regions exist) or at
+        ``max_seconds``: then ``count`` is only a lower bound.
       patterns: bool ``[count, n_hidden_total]`` activation pattern of each
         region found (``True`` = pre-activation ``> 0``), hidden layers
         concatenated input to output, unpadded.
@@ -392,8 +406,11 @@ class _Search:
             pattern[wrong_side] = ~pattern[wrong_side]
         return pattern
 
-    def run(self, max_regions: int) -> RegionCount:
+    def run(self, max_regions: int, max_seconds: float | None = None, progress: Callable | None = None,
+            every: float = 10.0) -> RegionCount:
+        """Breadth-first search; stops at ``max_regions`` regions or after ``max_seconds`` (incomplete)."""
         n = int(self.offsets[-1])
+        t0 = last = time.monotonic()
         first = self.seed()
         if first is None:
             # For r > 0 some region always meets the ball (their closures cover
@@ -403,6 +420,15 @@ class _Search:
         found = [first.pattern]
         queue = deque([first])
         while queue:
+            now = time.monotonic()
+            if now - last >= every:  # a long count says that it is working
+                last = now
+                if progress is not None:
+                    progress(len(found), len(queue), now - t0)
+                log.info("count_regions: %d regions found, %d to expand, %.0fs", len(found), len(queue), now - t0)
+            if max_seconds is not None and now - t0 > max_seconds:
+                log.info("count_regions: stopped after %.1fs with %d regions (a lower bound)", now - t0, len(found))
+                return RegionCount(len(found), False, np.stack(found))
             region = queue.popleft()
             for group in self.flip_candidates(region):
                 pattern = region.pattern.copy()
@@ -437,6 +463,8 @@ def count_regions(
     max_regions: int = 100_000,
     *,
     tol: float = 1e-9,
+    max_seconds: float | None = None,
+    progress: Callable[[int, int, float], None] | None = None,
 ) -> RegionCount:
     """Counts the linear regions meeting the closed ball ``B_r(x)`` exactly.
 
@@ -460,6 +488,18 @@ def count_regions(
       max_regions: stop after this many regions (``complete=False``).
       tol: a pattern counts only with a witness point in the closed ball at
         distance ``> tol`` from each of its hyperplanes (input units).
+      max_seconds: stop after about this many seconds; the result then has
+        ``complete=False`` and ``count`` is a lower bound. None: no limit.
+      progress: called as ``progress(regions_found, patterns_queued,
+        seconds)`` about every 10 s of a long search (the same is logged at
+        INFO on the ``lr_jax.bounds.exact_count`` logger).
+
+    The cost is one small conic program per candidate neighbour of every
+    region found, about a millisecond each on a 2-core CPU (the README's
+    measurement on a 36-32-32-32-2 net: 1,982 regions, 7,058 programs, 7.6 s
+    at r = 0.05); the number of regions grows quickly with the radius, so a
+    count at a radius where ``C`` is large can run for many minutes: pass
+    ``max_seconds``.
 
     Returns:
       :class:`RegionCount`.
@@ -468,7 +508,7 @@ def count_regions(
       ValueError: as :func:`lr_jax.bounds.local_bound` for bad shapes or values, or
         when ``max_regions < 1``.
     """
-    result, _ = _count(network, x, radius, max_regions, tol)
+    result, _ = _count(network, x, radius, max_regions, tol, max_seconds, progress)
     return result
 
 
@@ -477,7 +517,7 @@ def count_regions_with_stats(network, x, radius, max_regions: int = 100_000, *, 
     return _count(network, x, radius, max_regions, tol)
 
 
-def _count(network, x, radius, max_regions, tol) -> tuple[RegionCount, int]:
+def _count(network, x, radius, max_regions, tol, max_seconds=None, progress=None) -> tuple[RegionCount, int]:
     prepare_inputs(network, x, radius, batched=False)  # identical validation to the kernel
     if max_regions < 1:
         raise ValueError(f"max_regions must be >= 1, got {max_regions}.")
@@ -488,4 +528,6 @@ def _count(network, x, radius, max_regions, tol) -> tuple[RegionCount, int]:
     else:
         dag = _dag_from_layers([(W, b) for W, b in network])
     search = _Search(dag, np.asarray(x, np.float64).reshape(-1), float(radius), float(tol))
-    return search.run(int(max_regions)), search.oracle.num_programs
+    if max_seconds is not None and not max_seconds > 0:
+        raise ValueError(f"max_seconds must be > 0 or None, got {max_seconds}.")
+    return search.run(int(max_regions), max_seconds, progress, PROGRESS_SECONDS), search.oracle.num_programs

@@ -128,7 +128,7 @@ def local_bounds(
         raise ValueError(f"method must be one of {tuple(METHODS)}, got {method!r}.")
     net, xs, radii = prepare_inputs(network, xs, radii, batched=True)
     if validate:
-        checkify_inputs(xs, radii)
+        checkify_inputs(xs, radii, net)
     n, r = xs.shape[0], radii.shape[0]
     if chunk_size is None:
         chunk_size = default_chunk_size(net, xs.dtype)

@@ -239,6 +239,13 @@ def validate(cfg: Any) -> None:
         _fail("logger", cfg.logger, f"choose one of {', '.join(LOGGERS)}.")
     _validate_bound(cfg.bound)
     _validate_data(cfg.data)
+    n_train = per_class(cfg.data) * len(cfg.data.digits)
+    if cfg.optim.batch_size > n_train:
+        _fail(
+            "optim.batch_size",
+            cfg.optim.batch_size,
+            f"above the {n_train} training points ({per_class(cfg.data)} per digit); use at most optim.batch_size={n_train}.",
+        )
 
 
 def _validate_bound(b: Any) -> None:
@@ -392,6 +399,115 @@ def resolve_paths(cfg: DictConfig) -> None:
             OmegaConf.update(cfg, key, str(Path(value).expanduser().resolve()))
 
 
+# ---------------------------------------------------------------------------
+# The command line
+
+
+def _override_error(text: str, error: BaseException) -> ConfigError:
+    """One line for an override Hydra or OmegaConf refused (their messages span several lines)."""
+    cause = error
+    while cause.__cause__ is not None and not str(cause).strip().startswith(("Value", "Could not")):
+        cause = cause.__cause__
+    lines = [line.strip() for line in str(cause).strip().splitlines() if line.strip()]
+    reason = next((line for line in lines if not line.startswith(("Error merging", "full_key", "object_type", "Set the"))), lines[0] if lines else "")
+    return ConfigError(f"invalid config {text}: {reason}")
+
+
+def _group_names(config_dir: Path) -> set[str]:
+    return {p.name for p in Path(config_dir).iterdir() if p.is_dir() and p.name != "hydra"}
+
+
+def check_command_line(overrides: list[str], config_dir: str | Path, config_name: str) -> None:
+    """Refuses a bad command line of a Hydra script before Hydra runs it, in one line.
+
+    Unknown keys are refused with or without ``+`` (with a "did you mean" when
+    a known key is close); an override Hydra cannot parse, or a value of the
+    wrong type (``lr=abc``, ``depth=1.5``), is reported as a :class:`ConfigError`
+    instead of Hydra's multi-line message. ``hydra.*`` overrides and flags
+    (``--multirun``, ``--help``) are left to Hydra; sweep values
+    (``lr=0.1,0.2``) are checked by key only.
+
+    Args:
+      overrides: the script's arguments (``sys.argv[1:]``).
+      config_dir: the folder of the script's configs.
+      config_name: the primary config (``train`` or ``bound``).
+
+    Raises:
+      ConfigError: one line naming the override and the fix.
+    """
+    import difflib
+
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    args = [a for a in overrides if not a.startswith("-") and "=" in a]
+    parser = OverridesParser.create()
+    parsed = []
+    for text in args:
+        try:
+            parsed.append((text, parser.parse_override(text)))
+        except Exception as e:  # noqa: BLE001 - Hydra's grammar errors: one line instead of its message
+            reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise ConfigError(f"invalid config {text}: cannot parse it ({reason}); write key=value (quote a list: 'key=[a,b]').") from None
+    register_configs()
+    config_dir = Path(config_dir).absolute()
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
+            defaults = OmegaConf.to_container(compose(config_name=config_name), resolve=False)
+            groups = _group_names(config_dir)
+            known = set(flat_keys(defaults)) | {k.rsplit(".", i)[0] for k in flat_keys(defaults) for i in range(1, k.count(".") + 1)}
+            known |= groups | {f"{g}.{k}" for g in groups for k in flat_keys(defaults.get(g, {}) or {})}
+            plain = []
+            for text, o in parsed:
+                key = o.key_or_group
+                if key == "hydra" or key.startswith("hydra.") or key.startswith("hydra/"):
+                    continue
+                if key not in known:
+                    close = difflib.get_close_matches(key, sorted(known), n=1)
+                    hint = f"did you mean {close[0]}={o.value() if not o.is_sweep_override() else '...'}?" if close else f"see python scripts/{config_name}.py --help."
+                    raise ConfigError(f"invalid config {text}: unknown key {key}; {hint}")
+                if key in groups and not o.is_sweep_override() and not o.is_delete():
+                    choices = sorted(p.stem for p in (config_dir / key).glob("*.yaml"))
+                    if str(o.value()) not in choices and o.value() is not None:
+                        close = difflib.get_close_matches(str(o.value()), choices, n=1)
+                        hint = f"did you mean {key}={close[0]}? " if close else ""
+                        raise ConfigError(f"invalid config {text}: no such {key}; {hint}choose one of {', '.join(choices)}.")
+                if o.is_add() or o.is_force_add():
+                    raise ConfigError(f"invalid config {text}: {key} already exists; set it without '+' ({text.lstrip('+')}).")
+                if not o.is_sweep_override():
+                    plain.append(text)
+            try:
+                compose(config_name=config_name, overrides=plain)
+            except Exception as e:  # noqa: BLE001 - Hydra's and OmegaConf's type errors: one line
+                bad = next((t for t in plain if t.split("=", 1)[0].lstrip("~+") in str(e)), " ".join(plain))
+                raise _override_error(bad, e) from None
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def command_line_keys(overrides: list[str], cfg: dict, defaults: dict) -> set[str]:
+    """The dotted keys a command line set: those named, and those a group choice changed.
+
+    Args:
+      overrides: the job's overrides (``HydraConfig.get().overrides.task``).
+      cfg: the composed config, resolved to a plain dict.
+      defaults: the config composed without overrides, resolved to a plain dict.
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    named = {o.key_or_group for o in OverridesParser.create().parse_overrides(list(overrides))}
+    a, b = flat_keys(cfg), flat_keys(defaults)
+    changed = {k for k in a.keys() | b.keys() if a.get(k, "<absent>") != b.get(k, "<absent>")}
+    # A group named on the command line (optim=adam) sets its own keys, but not the aliased ones (optim.lr: ${lr}).
+    aliased = {key for _, key in ALIASES}
+    given = {k for k in changed if k not in aliased}
+    for n in named:
+        given |= {k for k in a if k == n or (k.startswith(n + ".") and k not in aliased)}
+    return given
+
+
 def flat_keys(d: dict, prefix: str = "") -> dict:
     """``{dotted key: value}`` of a plain nested dict."""
     out = {}
@@ -423,6 +539,8 @@ __all__ = [
     "ModelConfig",
     "OptimConfig",
     "TrainConfig",
+    "check_command_line",
+    "command_line_keys",
     "computation_diff",
     "parse_bound_job",
     "per_class",

@@ -21,7 +21,7 @@ import numpy as np
 from omegaconf import OmegaConf
 
 from lr_jax.experiment import checkpoints
-from lr_jax.experiment.config import per_class
+from lr_jax.experiment.config import TrainConfig, flat_keys, per_class
 from lr_jax.experiment.datasets import CATEGORIES, Categories, make_categories
 from lr_jax.experiment.mnist_io import MnistSplits, load_mnist
 from lr_jax.experiment.run_files import RunFileError, read_yaml
@@ -221,7 +221,21 @@ def run_config(run_dir: str | Path):
     path = Path(run_dir) / CONFIG_FILE
     if not path.exists() and (Path(run_dir) / ".hydra" / "config.yaml").exists():
         path = Path(run_dir) / ".hydra" / "config.yaml"  # a run from before config.yaml was recorded
-    return OmegaConf.create(read_yaml(path, fix="the run's config is needed to rebuild its points; train the run again"))
+    fix = "the run's config is needed to rebuild its points; train the run again"
+    cfg = read_yaml(path, fix=fix)
+    cfg.setdefault("seeds", 1)  # a run recorded before `seeds` existed trained one seed
+    if isinstance(cfg.get("model"), dict):
+        cfg["model"].setdefault("init", "lecun")  # ... and before `model.init`, LeCun normal
+    lost = sorted(set(_schema_keys()) - set(flat_keys(cfg)))
+    if lost:
+        more = f" and {len(lost) - 5} more" if len(lost) > 5 else ""
+        raise RunFileError(f"{path}: config is damaged (keys missing: {', '.join(lost[:5])}{more}); {fix}.")
+    return OmegaConf.create(cfg)
+
+
+def _schema_keys() -> list[str]:
+    """Dotted keys of every setting of a training run (``TrainConfig``)."""
+    return list(flat_keys(OmegaConf.to_container(OmegaConf.structured(TrainConfig), resolve=False)))
 
 
 def load_run(run_dir: str | Path, epoch: int | None = None) -> SavedRun:

@@ -43,7 +43,7 @@ def plot_run(rows: Sequence[dict], path: str | Path, title: str = "") -> None:
     axes[0].legend()
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=100, format="png")
     plt.close(fig)
 
 
@@ -158,7 +158,7 @@ def plot_figure3(summary: Sequence[dict], out_dir: str | Path, stem: str = "figu
         letters = iter("abcdefghij")
         for i, lr in enumerate(lrs):
             _panel(axes[0, i], summary, lr, metric, ylabel, next(letters))
-        axes[0, 0].legend(fontsize=8, ncol=2)
+        axes[0, 0].legend(fontsize=8, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.14))  # below (a): hides no line
         fig.tight_layout()
         written += _save_figure(fig, out_dir, f"{stem}_{suffix}", dpi=120)
     return written

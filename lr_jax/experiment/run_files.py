@@ -37,6 +37,29 @@ class RunFileError(Exception):
     """A run file is missing or damaged; the message is one line naming it and the fix."""
 
 
+class RunWriteError(RunFileError):
+    """A run file could not be written (full disk, read-only folder, quota); one line naming it.
+
+    Attributes:
+      path: the file (or checkpoint folder) being written.
+      reason: the first line of the underlying error.
+      what: what the file is (``"metrics"``, ``"checkpoint"``, ...).
+    """
+
+    def __init__(self, path: Path, reason: str, what: str, then: str = "run it again"):
+        self.path, self.reason, self.what = Path(path), reason, what
+        super().__init__(f"{path}: could not write {what} ({reason}); free space or make the folder writable, then {then}.")
+
+    @classmethod
+    def of(cls, path: Path, error: BaseException, what: str = "file", then: str = "run it again") -> "RunWriteError":
+        """The one-line error for ``error`` raised while writing ``path``."""
+        return cls(path, _reason(error), what, then)
+
+    def then(self, then: str) -> "RunWriteError":
+        """The same error with another instruction (e.g. the command that resumes the run)."""
+        return RunWriteError(self.path, self.reason, self.what, then)
+
+
 # ---------------------------------------------------------------------------
 # Reading
 
@@ -135,11 +158,29 @@ def read_yaml(path: str | Path, *, what: str = "config", fix: str = FIX_RUN) -> 
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Calls ``write(tmp_path)`` and renames the result onto ``path``."""
+    """Calls ``write(tmp_path)`` and renames the result onto ``path``.
+
+    Raises:
+      RunWriteError: an ``OSError`` while writing or renaming (full disk,
+        read-only folder); ``path`` keeps its previous content and the
+        temporary file is removed.
+    """
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except OSError as e:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass  # a folder that refuses the write may refuse the removal too; the first error is the one to report
+        raise RunWriteError.of(path, _os_reason(e), what=path.name) from None
+
+
+def _os_reason(error: OSError) -> BaseException:
+    """An OSError without its file name (the message names the file once, first)."""
+    return OSError(error.strerror) if error.strerror else error
 
 
 def write_json(path: Path, obj) -> None:

@@ -18,6 +18,8 @@ import socket
 import sys
 from pathlib import Path
 
+from lr_jax.experiment.run_files import RunWriteError
+
 LOCK_NAME = "run.lock"
 
 
@@ -39,7 +41,18 @@ class RunLock:
         self._fd: int | None = None
 
     def acquire(self) -> None:
-        """Takes the lock or raises :class:`RunLockedError` (never waits)."""
+        """Takes the lock or raises :class:`RunLockedError` (never waits).
+
+        Raises:
+          RunLockedError: another process holds it.
+          RunWriteError: the lock file cannot be written (a read-only folder, a full disk).
+        """
+        try:
+            self._acquire()
+        except OSError as e:
+            raise RunWriteError.of(self.path, OSError(e.strerror) if e.strerror else e, what="run lock") from None
+
+    def _acquire(self) -> None:
         while True:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             try:

@@ -79,7 +79,10 @@ def _parse_values(text: str) -> list:
 def collect_runs(multirun_dir: str | Path) -> SweepRuns:
     """Reads every job of a multirun folder.
 
-    A job counts as complete when its ``status.json`` says ``complete``. When
+    A job counts as complete when its ``status.json`` says ``complete``. A
+    job with a damaged file is listed as missing, its reason the one line
+    naming the file and the fix (by its folder when its config is damaged),
+    and the other jobs are read on. When
     the folder's ``multirun.yaml`` gives the (lr, depth, seed) grid, jobs of the
     grid with no folder at all are reported missing too. A job's config is its
     recorded ``config.yaml`` (Hydra's ``.hydra/config.yaml`` for a job refused
@@ -87,7 +90,7 @@ def collect_runs(multirun_dir: str | Path) -> SweepRuns:
 
     Raises:
       FileNotFoundError: no such folder.
-      RunFileError: a damaged file of a job (one line naming it).
+      RunFileError: the folder's ``multirun.yaml`` is damaged.
     """
     root = Path(multirun_dir)
     if not root.is_dir():
@@ -95,26 +98,21 @@ def collect_runs(multirun_dir: str | Path) -> SweepRuns:
     rows, complete, missing, seen = [], [], [], set()
     fix = "delete that job's folder and run the job again, or pass the sweep without it"
     for job_dir in sorted(p.parent.parent for p in root.glob("**/.hydra/config.yaml")):
-        recorded = job_dir / "config.yaml"
-        cfg_path = recorded if recorded.exists() else job_dir / ".hydra" / "config.yaml"
-        cfg = read_yaml(cfg_path, what="job config", fix=fix)
-        # The top-level aliases hold the values; the groups only interpolate them.
-        lr, depth, seeds = float(cfg["lr"]), int(cfg["depth"]), list(run_seeds(cfg))
-        keys = [(lr, depth, s) for s in seeds]
+        try:
+            keys = _job_keys(job_dir, fix)
+        except RunFileError as e:  # no config to name the job by: listed by its folder
+            missing.append({**dict.fromkeys(JOB_KEYS), "reason": str(e), "dir": str(job_dir)})
+            continue
         seen.update(keys)
-        status_path = job_dir / "status.json"
-        status = read_json(status_path, what="job status", fix=fix) if status_path.exists() else {"status": "not started"}
-        if status.get("status") != "complete":
-            reason = status.get("reason", status.get("status"))
-            missing.extend({**dict(zip(JOB_KEYS, key)), "reason": reason, "dir": str(job_dir)} for key in keys)
+        try:
+            job_rows = _complete_job_rows(job_dir, keys, fix)
+        except RunFileError as e:  # a damaged job is listed with the file and the fix; the others go on
+            job_rows = str(e)
+        if isinstance(job_rows, str):
+            missing.extend({**dict(zip(JOB_KEYS, key)), "reason": job_rows, "dir": str(job_dir)} for key in keys)
             continue
         complete.extend(keys)
-        job_rows = read_metrics(job_dir / "metrics.jsonl", fix=fix)
-        if len(seeds) > 1:  # a stack: each row names its seed
-            _check_stacked_rows(job_rows, seeds, job_dir / "metrics.jsonl", fix)
-            rows.extend({**r, "lr": lr, "depth": depth} for r in job_rows)
-        else:
-            rows.extend({**r, **dict(zip(JOB_KEYS, keys[0]))} for r in job_rows)
+        rows.extend(job_rows)
     expected = _expected_jobs(root, fix)
     if expected:
         for lr, depth, seed in expected:
@@ -122,6 +120,40 @@ def collect_runs(multirun_dir: str | Path) -> SweepRuns:
             if key not in seen:
                 missing.append({"lr": key[0], "depth": key[1], "seed": key[2], "reason": "no job folder", "dir": None})
     return SweepRuns(rows, sorted(complete), missing)
+
+
+def _job_keys(job_dir: Path, fix: str) -> list[tuple]:
+    """``(lr, depth, seed)`` of every seed of a job, from its recorded config (Hydra's copy if it has none).
+
+    Raises:
+      RunFileError: the config is damaged or lacks the job's settings (one line).
+    """
+    recorded = job_dir / "config.yaml"
+    cfg_path = recorded if recorded.exists() else job_dir / ".hydra" / "config.yaml"
+    cfg = read_yaml(cfg_path, what="job config", fix=fix)
+    try:  # the top-level aliases hold the values; the groups only interpolate them
+        return [(float(cfg["lr"]), int(cfg["depth"]), s) for s in run_seeds(cfg)]
+    except (KeyError, TypeError, ValueError) as e:
+        raise RunFileError(f"{cfg_path}: job config is damaged (no valid lr, depth or seed: {e}); {fix}.") from None
+
+
+def _complete_job_rows(job_dir: Path, keys: list[tuple], fix: str) -> list[dict] | str:
+    """The rows of a complete job (with lr, depth, seed), or why it is not complete.
+
+    Raises:
+      RunFileError: a damaged ``status.json`` or ``metrics.jsonl``.
+    """
+    status_path = job_dir / "status.json"
+    status = read_json(status_path, what="job status", fix=fix) if status_path.exists() else {"status": "not started"}
+    if not isinstance(status, dict):
+        raise RunFileError(f"{status_path}: job status is damaged (not a mapping); {fix}.")
+    if status.get("status") != "complete":
+        return str(status.get("reason", status.get("status")))
+    job_rows = read_metrics(job_dir / "metrics.jsonl", fix=fix)
+    if len(keys) > 1:  # a stack: each row names its seed
+        _check_stacked_rows(job_rows, [k[2] for k in keys], job_dir / "metrics.jsonl", fix)
+        return [{**r, "lr": keys[0][0], "depth": keys[0][1]} for r in job_rows]
+    return [{**r, **dict(zip(JOB_KEYS, keys[0]))} for r in job_rows]
 
 
 def _check_stacked_rows(rows: list, seeds: list, path: Path, fix: str) -> None:

@@ -10,8 +10,10 @@ train state, resume), :func:`evaluate` (returns an :class:`EvalRecord`),
 
 A run directory holds (the contract the sweep and the plots read):
 
-* ``config.yaml``: the full resolved config, written once when the run starts
-  (paths absolute); a resume must match it (:func:`check_resume`);
+* ``config.yaml``: the full resolved config, written when the run starts
+  (paths absolute); a resume runs it, and the settings given on its command
+  line must match it, except a raised ``epochs``, which extends the run and
+  is recorded (:func:`check_resume`);
 * ``data.json``: the data source, its note, the chosen digit indices and a
   fingerprint of every category's points;
 * ``metrics.jsonl``: one row per (evaluated epoch, category) with ``epoch``,
@@ -25,7 +27,10 @@ A run directory holds (the contract the sweep and the plots read):
   category at every evaluated epoch (``<category>`` and
   ``<category>_single_region_radius``, ``[E, n]``; ``epochs`` ``[E]``);
 * ``checkpoints/<epoch>``: Orbax checkpoints of the train state (step, params,
-  optimizer state) at every evaluated epoch, and where a run was interrupted;
+  optimizer state) at every evaluated epoch, and where a run was interrupted,
+  each with ``checkpoints/<epoch>.sha256.json``, the checksums of its arrays
+  (:mod:`lr_jax.experiment.checkpoints`; a damaged one is set aside as
+  ``<epoch>.damaged`` by a resume, which continues from the newest intact one);
 * ``status.json``: ``running``, ``interrupted``, ``failed`` (with a reason) or
   ``complete``, and the last saved epoch; ``complete`` is written only after a
   final check of every expected row and file;
@@ -91,6 +96,8 @@ from lr_jax.experiment.models import MLP, init_mlp
 from lr_jax.experiment.run_files import (
     FIX_RUN,
     RunFileError,
+    RunWriteError,
+    atomic_write,
     read_json,
     read_metrics,
     read_npz,
@@ -454,12 +461,32 @@ def _resume_hint(workdir: Path) -> str:
     return f"python scripts/train.py resume=true hydra.run.dir={workdir}"
 
 
-def check_resume(cfg, workdir: Path) -> int | None:
+def _is_given(key: str, given) -> bool:
+    """Whether the dotted ``key`` was set on the command line (``given``: None means every key was)."""
+    return given is None or any(key == g or key.startswith(g + ".") for g in given)
+
+
+def check_resume(cfg, workdir: Path, given=None) -> tuple[int | None, Any]:
     """Decides how a run starts in ``workdir``; refuses what would lose or mix work.
 
+    A resume runs the recorded settings: only the keys in ``given`` (those
+    set on the command line) are compared with the record, every other one
+    comes from ``config.yaml``. Output-only settings (``plot``, ``logger``)
+    may change; ``epochs`` may be raised, on an interrupted or a complete run,
+    which then continues to the new last epoch (the result equals a run
+    trained that long from the start).
+
+    Args:
+      cfg: the composed config of this invocation.
+      workdir: the run folder.
+      given: dotted keys set on the command line
+        (:func:`lr_jax.experiment.config.command_line_keys`); None compares
+        every setting.
+
     Returns:
-      The checkpoint epoch to resume from, or None to start from scratch
-      (a new run, or a run killed before its first checkpoint).
+      ``(start, cfg)``: the checkpoint epoch to resume from, or None to start
+      from scratch (a new run, or a run killed before its first checkpoint),
+      and the config to run (the recorded one when resuming).
 
     Raises:
       ConfigError: a new run in a folder that holds one, ``resume=true``
@@ -477,7 +504,7 @@ def check_resume(cfg, workdir: Path) -> int | None:
             raise config_lib.ConfigError(
                 f"invalid config resume=false: {workdir} already holds {what}; {cont}choose another hydra.run.dir."
             )
-        return None
+        return None, cfg
     if not recorded_path.exists():
         raise config_lib.ConfigError(f"invalid config resume=true: {workdir} holds no run to resume; start it without resume=true.")
     recorded = read_yaml(recorded_path, what="recorded config")
@@ -487,22 +514,33 @@ def check_resume(cfg, workdir: Path) -> int | None:
     lost = sorted(set(config_lib.flat_keys(current)) - set(config_lib.flat_keys(recorded)))
     if lost:
         raise RunFileError(f"{recorded_path}: recorded config is damaged (keys missing: {', '.join(lost[:5])}); {FIX_RUN}.")
-    diff = config_lib.computation_diff(recorded, current)
+    diff = [k for k in config_lib.computation_diff(recorded, current) if _is_given(k, given)]
+    extend = "epochs" in diff and current["epochs"] > recorded["epochs"]
+    if extend:
+        diff.remove("epochs")
     if diff:
         changes = ", ".join(f"{k}: {_dotted(recorded, k)!r} -> {_dotted(current, k)!r}" for k in diff)
         raise config_lib.ConfigError(
             f"invalid config resume=true: settings differ from the run's recorded config ({changes}); resume "
-            "without these overrides, or start a new run in another hydra.run.dir."
+            "without these overrides (only epochs may be raised), or start a new run in another hydra.run.dir."
         )
-    if status.get("status") == "complete":
-        raise config_lib.ConfigError(f"invalid config resume=true: the run in {workdir} is already complete; nothing to resume.")
+    if status.get("status") == "complete" and not extend:
+        raise config_lib.ConfigError(
+            f"invalid config resume=true: the run in {workdir} is already complete; nothing to resume "
+            f"(raise epochs above {recorded['epochs']} to train it longer)."
+        )
     if status.get("status") == "failed" and "diverged" in str(status.get("reason", "")):
         raise config_lib.ConfigError(
             f"invalid config resume=true: the run in {workdir} diverged ({status['reason']}); resuming would diverge "
             "again; start a new run with a lower lr or data.scale."
         )
     saved = checkpoints.saved_epochs(workdir)
-    return saved[-1] if saved else None
+    # The recorded settings (in the recorded order), with this invocation's output-only settings and length.
+    run_cfg = {**recorded, **{k: current[k] for k in config_lib.OUTPUT_ONLY_KEYS}, "epochs": current["epochs"] if extend else recorded["epochs"]}
+    run_cfg = OmegaConf.create(run_cfg)
+    if extend:
+        log.info("extending the run in %s from %d to %d epochs", workdir, recorded["epochs"], current["epochs"])
+    return (saved[-1] if saved else None), run_cfg
 
 
 def _dotted(d: dict, key: str):
@@ -542,7 +580,10 @@ def _records_up_to(cfg, workdir: Path, epoch: int) -> tuple[list, dict]:
     stacked = len(seeds) > 1
     fix = f"{FIX_RUN} (its checkpoints reach epoch {epoch}, its records do not)"
     metrics_path, bounds_path = workdir / METRICS, workdir / BOUNDS
-    rows = [r for r in read_metrics(metrics_path, fix=fix) if r["epoch"] <= epoch]
+    # A run extended past its old last epoch: that epoch was evaluated as the last one, and is not
+    # evaluated by the longer schedule (a run trained that long from the start has no row of it).
+    dropped = epoch if epoch not in expected else None
+    rows = [r for r in read_metrics(metrics_path, fix=fix) if r["epoch"] <= epoch and r["epoch"] != dropped]
     # A single run's rows have no seed field: its key is (epoch, -1, category).
     have = sorted((r["epoch"], r.get("seed", -1), r["category"]) for r in rows)
     want = sorted((e, s if stacked else -1, c) for e in expected for s in seeds for c in CATEGORIES)
@@ -558,7 +599,7 @@ def _records_up_to(cfg, workdir: Path, epoch: int) -> tuple[list, dict]:
         raise RunFileError(f"{bounds_path}: per-point bounds lack their epochs array; {fix}.")
     if stacked and arrays.get("seeds", np.zeros(0)).tolist() != list(seeds):
         raise RunFileError(f"{bounds_path}: per-point bounds do not hold the run's seeds {list(seeds)}; {fix}.")
-    keep, axis = arrays["epochs"] <= epoch, _epoch_axis(stacked)
+    keep, axis = (arrays["epochs"] <= epoch) & (arrays["epochs"] != dropped), _epoch_axis(stacked)
     per_point = {k: v for k, v in arrays.items() if k not in ("epochs", "seeds")}
     if arrays["epochs"][keep].tolist() != expected or any(
         a.ndim <= axis or a.shape[axis] != keep.size or (stacked and a.shape[0] != len(seeds)) for a in per_point.values()
@@ -569,6 +610,36 @@ def _records_up_to(cfg, workdir: Path, epoch: int) -> tuple[list, dict]:
         )
     # The seeds array has no epoch axis; epochs and per-point arrays keep the evaluations up to `epoch`.
     return rows, {k: v if k == "seeds" else np.compress(keep, v, axis=0 if k == "epochs" else axis) for k, v in arrays.items()}
+
+
+def _restore_newest_intact(workdir: Path, start: int, state: TrainState) -> tuple[int, TrainState]:
+    """The state of the newest intact checkpoint up to ``start``, and its epoch.
+
+    A damaged checkpoint (unreadable, or arrays that differ from their
+    checksums) is set aside as ``checkpoints/<epoch>.damaged`` once an earlier
+    intact one is found, with a warning naming both; the records after that
+    epoch are dropped and recomputed.
+
+    Raises:
+      RunFileError: no checkpoint up to ``start`` is intact (the newest one's error).
+    """
+    candidates = [e for e in checkpoints.saved_epochs(workdir) if e <= start][::-1]
+    damaged = []
+    for epoch in candidates:
+        try:
+            restored = checkpoints.restore_state(workdir, epoch, state)
+        except RunFileError as e:
+            damaged.append((epoch, e))
+            if epoch == candidates[-1]:
+                first = str(damaged[0][1]).rsplit("; ", 1)[0]
+                either = "; no earlier checkpoint is intact either" if len(damaged) > 1 else ""
+                raise RunFileError(f"{first}{either}; {FIX_RUN}.") from None
+            continue
+        for bad, error in damaged:
+            aside = checkpoints.set_aside(workdir, bad)
+            log.warning("%s; set aside as %s, resuming from the checkpoint of epoch %d", str(error).rsplit("; ", 1)[0], aside, epoch)
+        return epoch, restored
+    raise RunFileError(f"{checkpoints.checkpoint_dir(workdir)}: no checkpoint up to epoch {start}; {FIX_RUN}.")
 
 
 def _epoch_axis(stacked: bool) -> int:
@@ -600,8 +671,8 @@ def setup_run(cfg, workdir: Path, start: int | None) -> Run:
     rows, per_point = [], {}
     if start is not None:
         write_json(workdir / STATUS, {"status": "running", "epoch": start})
+        start, state = _restore_newest_intact(workdir, start, state)
         rows, per_point = _records_up_to(cfg, workdir, start)
-        state = checkpoints.restore_state(workdir, start, state)
         log.info("resuming from the checkpoint of epoch %d (train state step %d)", start, int(np.max(state.step)))
     sizes = {name: int(x.shape[-2]) for name, x in points.items()}
     if stacked:
@@ -770,12 +841,15 @@ def _fail(workdir: Path, epoch: int, reason: str) -> None:
     write_json(workdir / STATUS, {"status": "failed", "epoch": epoch, "reason": reason})
 
 
-def train_and_evaluate(cfg, workdir: str | Path) -> list[dict]:
+def train_and_evaluate(cfg, workdir: str | Path, given=None) -> list[dict]:
     """Trains the MLP and tracks local bounds; writes the run files into ``workdir``.
 
     Args:
       cfg: a composed ``TrainConfig`` (OmegaConf); paths are resolved in place.
       workdir: the run directory (Hydra's output dir under ``scripts/train.py``).
+      given: with ``resume=true``, the dotted keys set on the command line:
+        only these are compared with the recorded config, which supplies
+        every other setting (:func:`check_resume`); None compares every key.
 
     Returns:
       The ``metrics.jsonl`` rows.
@@ -784,6 +858,9 @@ def train_and_evaluate(cfg, workdir: str | Path) -> list[dict]:
       ConfigError: invalid values (before any data is loaded) or a refused resume.
       RunLockedError: another process is writing into ``workdir``.
       RunFileError: a damaged run file, named in one line.
+      RunWriteError: a run file could not be written (full disk, read-only
+        folder): one line naming it, the run marked ``failed`` when possible,
+        no temporary file left; ``resume=true`` continues it once fixed.
       TrainingDiverged: a non-finite loss (the run is marked ``failed``).
       RunInterrupted: SIGINT/SIGTERM (the run is marked ``interrupted``).
     """
@@ -791,30 +868,48 @@ def train_and_evaluate(cfg, workdir: str | Path) -> list[dict]:
     if isinstance(cfg, DictConfig):
         config_lib.resolve_paths(cfg)
     workdir = Path(workdir).expanduser().absolute()
-    workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise RunWriteError.of(workdir, OSError(e.strerror) if e.strerror else e, what="run folder") from None
     with RunLock(workdir), _stop_on_signals() as stop:
-        start = check_resume(cfg, workdir)  # a refusal writes nothing
+        start, cfg = check_resume(cfg, workdir, given)  # a refusal writes nothing
         try:
+            if cfg.resume:
+                recorded = read_yaml(workdir / CONFIG_FILE, what="recorded config")
+                if recorded["epochs"] != cfg.epochs:  # an extended run: the record of a run that long
+                    write_yaml(workdir / CONFIG_FILE, {**recorded, "epochs": cfg.epochs})
             return _train(cfg, workdir, start, stop)
         except RunInterrupted:
             raise
         except KeyboardInterrupt:
             _mark(workdir, "interrupted")
             raise
+        except RunWriteError as e:  # a full disk or a read-only folder: resumable once it is fixed
+            e = e.then(f"continue with `{_resume_hint(workdir)}`")
+            _mark(workdir, "failed", f"{type(e).__name__}: {e}")
+            raise e from None
         except BaseException as e:
             _mark(workdir, "failed", f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}")
             raise
 
 
 def _mark(workdir: Path, status: str, reason: str | None = None) -> None:
-    """Marks a run that stopped on an error (keeping a more specific ``failed`` reason)."""
+    """Marks a run that stopped on an error (keeping a more specific ``failed`` reason).
+
+    When the status cannot be written (the disk is full), it stays at its last
+    consistent value, which a resume reads as a killed run.
+    """
     try:
         current = read_json(workdir / STATUS)
     except RunFileError:
         current = {}
     if current.get("status") == "failed":
         return
-    write_json(workdir / STATUS, {"status": status, "epoch": current.get("epoch"), **({"reason": reason} if reason else {})})
+    try:
+        write_json(workdir / STATUS, {"status": status, "epoch": current.get("epoch"), **({"reason": reason} if reason else {})})
+    except RunWriteError:
+        pass  # the error being raised says which write failed
 
 
 def train_epoch(run: Run, state: TrainState, epoch: int) -> TrainState:
@@ -871,9 +966,10 @@ def finish_run(run: Run, rows: list, seconds: float, bound_seconds: float) -> No
 
         if run.stacked:
             title = f"lr={cfg.lr} depth={cfg.depth} mean of seeds {run.seeds[0]}..{run.seeds[-1]}"
-            plot_run(mean_over_seeds(rows), workdir / "trajectories.png", title=title)
+            plotted = mean_over_seeds(rows)
         else:
-            plot_run(rows, workdir / "trajectories.png", title=f"lr={cfg.lr} depth={cfg.depth} seed={cfg.seed}")
+            title, plotted = f"lr={cfg.lr} depth={cfg.depth} seed={cfg.seed}", rows
+        atomic_write(workdir / "trajectories.png", lambda p: plot_run(plotted, p, title=title))
     write_json(workdir / "timing.json", {"total_seconds": seconds, "bound_seconds": bound_seconds})
     try:
         final_check(run)

@@ -17,42 +17,92 @@ the current weights.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
+import numpy as np
+from flax import errors as flax_errors
 from flax import nnx
 
 from lr_jax.networks.tracing import Network, trace_network
 
 
-def network_from_linen(module, variables, example_x, **apply_kwargs: Any) -> Network:
+def _one_input(call: Callable, batch_axis: int | None) -> Callable:
+    """``call(x)`` for one input; with ``batch_axis=0`` the model gets a batch of one and the axis is dropped."""
+    if batch_axis is None:
+        return call
+    if batch_axis != 0:
+        raise ValueError(f"batch_axis must be None (the model takes one input) or 0 (a batch first), got {batch_axis!r}.")
+    return lambda x: call(x[None])[0]
+
+
+def network_from_linen(module, variables, example_x, *, batch_axis: int | None = None, **apply_kwargs: Any) -> Network:
     """Traces ``module.apply(variables, x, **apply_kwargs)`` for one input.
 
     Args:
       module: a ``flax.linen.Module`` whose ``__call__`` maps one input (no
-        batch axis, shape of ``example_x``) to the output. Normalisation
-        layers must be in eval mode (``BatchNorm(use_running_average=True)``).
+        batch axis, shape of ``example_x``) to the output, or, with
+        ``batch_axis=0``, a batch ``[B, *example_x.shape]`` to ``[B, ...]``
+        (the official Flax examples). Normalisation layers must be in eval
+        mode (``BatchNorm(use_running_average=True)``).
       variables: ``module.init(...)`` or a trained copy (``{"params": ...}``
         plus any other collections such as ``batch_stats``).
-      example_x: an array with the shape of one input.
+      example_x: an array with the shape of one input (no batch axis).
+      batch_axis: None (``__call__`` takes one input) or 0 (it takes a batch
+        first: it is traced on a batch of one and the axis dropped).
       **apply_kwargs: static keyword arguments of ``__call__`` (e.g.
         ``train=False``).
 
     Returns:
       A :class:`lr_jax.Network` whose params are ``variables``.
+
+    Raises:
+      ValueError: the module updates a collection while applied (train-mode
+        BatchNorm: pass its eval-mode arguments), its params were made for
+        another input shape (a batch-first model: pass ``batch_axis=0``), or
+        as :func:`lr_jax.trace_network`.
     """
+    if apply_kwargs.get("mutable"):
+        raise ValueError(
+            f"network_from_linen: mutable={apply_kwargs['mutable']!r} makes the module update its variables; lr_jax bounds "
+            "one fixed function of x: drop mutable and apply it in eval mode (e.g. train=False)."
+        )
+
     def apply_fn(v, x):
-        return module.apply(v, x, **apply_kwargs)
+        return _one_input(lambda x: module.apply(v, x, **apply_kwargs), batch_axis)(x)
 
-    return trace_network(apply_fn, variables, example_x)
+    try:
+        return trace_network(apply_fn, variables, example_x)
+    except flax_errors.ModifyScopeVariableError as e:
+        raise ValueError(
+            f"network_from_linen: the module updates its variables while applied ({_first_line(e)}); lr_jax bounds one "
+            "fixed function of x: apply it in eval mode (e.g. train=False, BatchNorm(use_running_average=True))."
+        ) from None
+    except flax_errors.ScopeParamShapeError as e:
+        hint = (
+            "if the module takes a batch [B, ...] first (as the Flax examples do), pass batch_axis=0"
+            if batch_axis is None else "check that example_x has the shape of one input"
+        )
+        raise ValueError(
+            f"network_from_linen: the variables do not fit an input of shape {tuple(np.shape(example_x))} "
+            f"({_first_line(e)}); {hint}."
+        ) from None
 
 
-def network_from_nnx(model, example_x) -> Network:
+def _first_line(error: BaseException) -> str:
+    """The message of a Flax error without its documentation link."""
+    return str(error).split(" (https://")[0].strip().splitlines()[0]
+
+
+def network_from_nnx(model, example_x, *, batch_axis: int | None = None) -> Network:
     """Traces a ``flax.nnx`` module's ``model(x)`` for one input.
 
     Args:
-      model: an ``nnx.Module`` mapping one input to the output (call
-        ``model.eval()`` first when it holds BatchNorm or Dropout).
-      example_x: an array with the shape of one input.
+      model: an ``nnx.Module`` mapping one input to the output, or with
+        ``batch_axis=0`` a batch ``[B, *example_x.shape]`` to ``[B, ...]``
+        (the official NNX examples; call ``model.eval()`` first when it holds
+        BatchNorm or Dropout).
+      example_x: an array with the shape of one input (no batch axis).
+      batch_axis: None (the model takes one input) or 0 (a batch first).
 
     Returns:
       A :class:`lr_jax.Network` whose params are the module's ``nnx.State``.
@@ -60,7 +110,7 @@ def network_from_nnx(model, example_x) -> Network:
     graphdef, state = nnx.split(model)
 
     def apply_fn(state, x):
-        return nnx.merge(graphdef, state)(x)
+        return _one_input(nnx.merge(graphdef, state), batch_axis)(x)
 
     return trace_network(apply_fn, state, example_x)
 

@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import math
 import os
+import traceback
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -684,7 +685,14 @@ def trace_network(apply_fn: Callable, params, example_x) -> Network:
     def flat_fn(leaves, x):
         return apply_fn(jax.tree.unflatten(treedef, leaves), x)
 
-    closed, out_shape = jax.make_jaxpr(flat_fn, return_shape=True)(leaves, x_aval)
+    try:
+        closed, out_shape = jax.make_jaxpr(flat_fn, return_shape=True)(leaves, x_aval)
+    except jax.errors.ConcretizationTypeError as e:  # a Python `if`, `int()`, `bool()` on a traced value
+        raise ValueError(
+            f"trace_network: {_user_line(e)}: Python control flow (or bool/int/float) on a value that depends on the "
+            f"input or the params ({type(e).__name__}); the network must be one fixed piecewise-linear function of "
+            "x: compute both branches and select with jnp.where, or make the branch a static argument."
+        ) from None
     if not isinstance(out_shape, jax.ShapeDtypeStruct):
         raise ValueError(
             f"trace_network: apply_fn must return one array (the logits), got {jax.tree.structure(out_shape)}."
@@ -697,6 +705,20 @@ def trace_network(apply_fn: Callable, params, example_x) -> Network:
 
 # ---------------------------------------------------------------------------
 # Evaluating the traced maps
+
+
+def _user_line(error: BaseException) -> str:
+    """``file:line (function)`` of the innermost frame of ``error`` outside JAX, Flax, Equinox and lr_jax."""
+    lib = (os.sep + "site-packages" + os.sep, os.sep + "dist-packages" + os.sep)
+    own = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+    frames = [
+        f for f in traceback.extract_tb(error.__traceback__)
+        if not any(s in f.filename for s in lib) and not os.path.abspath(f.filename).startswith(own)
+    ]
+    if not frames:
+        return "apply_fn"
+    f = frames[-1]
+    return f"{f.filename}:{f.lineno} ({f.name})"
 
 
 def _constant_env(net: Network) -> dict:
