@@ -45,6 +45,7 @@ def test_conv_channels_last_is_the_same_convolution(dn, strides, padding, dilati
         np.testing.assert_allclose(np.asarray(got), np.asarray(direct), rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.slow
 def test_equinox_lenet_masks_do_not_depend_on_the_rewrite(monkeypatch):
     net = lr_jax.network_from_equinox(equinox_lenet5(jax.random.key(0)), jnp.zeros((1, 28, 28)))
     xs = np.random.default_rng(1).uniform(size=(2, 1, 28, 28)).astype(np.float32)
