@@ -109,7 +109,7 @@ def local_bounds(
         ``checkify.checkify`` when the inputs are traced).
       neuron_block: ``method="tight"`` only: how many neurons of one layer
         the bound propagation bounds together (default
-        ``lr_jax.bounds.tight_bound.NEURON_BLOCK``, 256). Its memory per
+        ``lr_jax.bounds.tight_bound.NEURON_BLOCK``, 128). Its memory per
         (point, radius) pair grows with the block times the width of the
         earlier layers, never with the square of a layer's width; layers of
         at most this many neurons are bounded whole.

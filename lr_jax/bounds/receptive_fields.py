@@ -291,16 +291,16 @@ def block_bounds(model: Model, plan: Plan, kmaps: dict, padded: dict, offset_t: 
         tuple(jnp.zeros_like(pos[a]) if a in plan.spatial else pos[a] for a in range(len(shape_t))),
         plan.slab, mode="clip",
     )
+    # Axis 0: the row of +z_j (its lower bound) and of -z_j (minus its upper bound); the windows
+    # gathered once per neuron serve both.
+    sign = jnp.asarray([1.0, -1.0], offset_t.dtype)[:, None, None]
     coef: dict = {}
     for s in model.nodes[t - 1].sources:
-        first = kmaps[(s, t)][feature]
-        coef[s] = jnp.concatenate([first, -first])
-    c_t = offset_t[idx]
-    const = jnp.concatenate([c_t, -c_t])
+        coef[s] = sign * kmaps[(s, t)][feature][None]
+    const = sign[:, :, 0] * offset_t[idx][None]
     for k in plan.layers[1:]:
-        c = coef.pop(k)
-        w = _gather(padded[k], _starts(plan.windows[k], plan, pos), plan.windows[k])
-        w = jnp.concatenate([w, w])
+        c = coef.pop(k)  # [2, B, |B_k|]
+        w = _gather(padded[k], _starts(plan.windows[k], plan, pos), plan.windows[k])[None]
         positive = c >= 0
         # As the dense pass: the lower relaxation where c >= 0, the upper one where c < 0.
         const = const + jnp.sum(jnp.where(positive, 0.0, c * w[..., 2]), axis=-1)
@@ -309,9 +309,7 @@ def block_bounds(model: Model, plan: Plan, kmaps: dict, padded: dict, offset_t: 
         for s in model.nodes[k - 1].sources:
             moved = matmul(c, kmaps[(s, k)])
             coef[s] = coef[s] + moved if s in coef else moved
-    w0 = _gather(padded[0], _starts(plan.windows[0], plan, pos), plan.windows[0])
-    w0 = jnp.concatenate([w0, w0])
+    w0 = _gather(padded[0], _starts(plan.windows[0], plan, pos), plan.windows[0])[None]
     c0 = coef[0] * w0[..., 1]  # positions past the input's border are padding, not directions
     lower = jnp.sum(c0 * w0[..., 0], axis=-1) + const - radius * safe_norm(c0)
-    n = idx.shape[0]
-    return lower[:n], -lower[n:]
+    return lower[0], -lower[1]

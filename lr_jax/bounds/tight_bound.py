@@ -362,7 +362,7 @@ def _log2_region_bound(model: Model, unstable: list, dead: list, dtype):
 
 
 # Neurons bounded together by CROWN in a layer wider than this (rows of one backward pass).
-NEURON_BLOCK = 256
+NEURON_BLOCK = 128
 
 
 class Prepared(NamedTuple):
