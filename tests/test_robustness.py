@@ -37,7 +37,7 @@ def test_verdicts_per_setting_follow_the_planted_effect():
     assert counts[(falls, "none", 0.02)]["held"] == 0
     assert counts[("4. more regions at train than random", "strong", 0.02)]["held"] == 2  # train above both random sets
     md = robustness_markdown(intervals)
-    assert "| claim | strong | none |" in md and "| 1. bound falls | 2/4 | 0/4 |" in md
+    assert "| claim | strong | none |" in md and "| 1. bound falls | 2 (2)/4 | 0 (0)/4 |" in md
     line = next(l for l in md.splitlines() if l.startswith("| 1 | 0.02 | 2 | drop to the minimum (train) |"))
     strong, none = line.split(" | ")[-2:]
     assert strong.startswith("**+") and not none.startswith("**")
@@ -65,7 +65,7 @@ def test_plot_script_compares_several_sweeps(tmp_path):
     proc = subprocess.run(cmd + ["--out", str(out)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     md = (out / "robustness.md").read_text()
-    assert "| claim | default | scale16 |" in md and "| 1. bound falls | 4/8 | 0/8 |" in md  # one lr, two depths
+    assert "| claim | default | scale16 |" in md and "| 1. bound falls | 4 (4)/8 | 0 (0)/8 |" in md  # one lr, two depths
     assert (out / "robustness_mean_c.png").stat().st_size > 10_000
     for name in ("default", "scale16"):  # each sweep's own report beside it
         assert (out / name / "claims.md").exists() and (out / name / "figure3.png").exists()
