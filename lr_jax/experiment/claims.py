@@ -297,6 +297,30 @@ def claim_intervals(rows: Sequence[dict], metric: str = "mean_log2_bound", *, se
     return with_corrections([{**r, "measure": metric} for r in out])
 
 
+def verdict_stability(rows: Sequence[dict], metric: str = "mean_log2_bound", keys: Sequence[int] = range(5)) -> dict:
+    """How many verdicts change when the permutations are drawn with another key.
+
+    Recomputes :func:`claim_intervals` with every key in ``keys`` (only the
+    within-seed permutation tests of claims 1 and 2 use one; the sign-flip
+    tests are exact up to 16 seeds) and counts the tests whose raw, Holm or
+    Benjamini-Hochberg verdict is not the same under every key.
+
+    Returns:
+      ``{"tests", "keys", "raw", "holm", "bh", "max_p_spread"}``: the
+      number of tests, the keys, the changed verdicts of each kind, and the
+      largest range of one test's p-value over the keys.
+    """
+    runs = [claim_intervals(rows, metric, seed=k) for k in keys]
+    if not runs or not runs[0]:
+        return {"tests": 0, "keys": list(keys), "raw": 0, "holm": 0, "bh": 0, "max_p_spread": 0.0}
+    out = {"tests": len(runs[0]), "keys": list(keys)}
+    for name, field in (("raw", "held"), ("holm", "held_holm"), ("bh", "held_bh")):
+        out[name] = sum(len({run[i][field] for run in runs}) > 1 for i in range(len(runs[0])))
+    spreads = [np.ptp([run[i]["p_value"] for run in runs]) for i in range(len(runs[0]))]
+    out["max_p_spread"] = float(np.nanmax(spreads)) if spreads else 0.0
+    return out
+
+
 def intervals_markdown(intervals: Sequence[dict], title: str) -> str:
     """One table: every claim's test per (lr, depth), with its estimate, 95 % interval, p-value and
     verdicts (raw, Holm, Benjamini-Hochberg within the claim's family), then the counts per family."""
