@@ -172,3 +172,118 @@ def calibration_markdown(rows: Sequence[CalibrationRow], alpha: float = cs.ALPHA
                      f"{100 * r.rate:.1f} % ({100 * r.mc_error:.1f}) |")
     lines += ["", f"A false-held rate is to be at most {100 * alpha:g} % (the one-sided level of every test)."]
     return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------
+# Power at measured effects: how many seeds a claim test needs
+
+
+def resampled_power(arrays: Sequence[np.ndarray], test, seed_counts: Sequence[int] = (10, 20, 30),
+                    replicates: int = 200, key: int = 0) -> dict[int, float]:
+    """Power of a claim test at the effect a sweep measured, for several numbers of seeds, by resampling seeds.
+
+    Each replicate draws ``K`` seeds with replacement from the sweep's ``S``
+    seeds (the same seeds for every array, which keeps paired categories
+    paired) and applies ``test``; the power at ``K`` is the share of
+    replicates in which it held. This treats the measured seeds as the
+    population: the power of a new sweep whose true effect is the measured
+    one (a post-hoc estimate: an effect measured too large gives too high a power).
+
+    Args:
+      arrays: ``[S, E]`` trajectories of the same seeds (one, or a test's value and reference).
+      test: ``test(*arrays, seed=...) -> Estimate`` (a :mod:`claim_statistics` function taking
+        the permutation key as ``seed``) or a callable returning one Estimate.
+      seed_counts: the ``K`` to try.
+      replicates: resampled sweeps per ``K``.
+      key: seed of the resampling.
+
+    Returns:
+      ``{K: power}``.
+    """
+    arrays = [np.asarray(a, np.float64) for a in arrays]
+    s = arrays[0].shape[0]
+    out = {}
+    for k in seed_counts:
+        rng = np.random.default_rng([key, k])
+        held = 0
+        for rep in range(replicates):
+            idx = rng.integers(0, s, size=k)
+            held += bool(test(*(a[idx] for a in arrays), seed=rep).held)
+        out[k] = held / replicates
+    return out
+
+
+def seeds_for_power(power: dict[int, float], target: float = 0.8) -> int | None:
+    """The smallest ``K`` of :func:`resampled_power`'s result reaching ``target`` (None if none does)."""
+    reached = [k for k, p in sorted(power.items()) if p >= target]
+    return reached[0] if reached else None
+
+
+def turn_power(effect: float, *, seeds: int = 10, epochs: int = 11, replicates: int = 400,
+               n_resamples: int = 999, key: int = 0, noise_kind: str = "iid") -> tuple[float, float]:
+    """Power of :func:`~lr_jax.experiment.claim_statistics.dip_then_rise`'s two halves on the fall-then-rise of ``effect`` SD.
+
+    Returns:
+      ``(fall, rise)``: the shares of ``replicates`` simulated sweeps (:func:`v_shape`
+      plus ``noise_kind`` noise) in which each half held.
+    """
+    fall = rise = 0
+    for rep in range(replicates):
+        rng = np.random.default_rng([key, 1000 + seeds, rep])
+        f, r = cs.dip_then_rise(v_shape(epochs, effect) + noise(rng, noise_kind, seeds, epochs), seed=rep,
+                                n_resamples=n_resamples)
+        fall, rise = fall + f.held, rise + r.held
+    return fall / replicates, rise / replicates
+
+
+Z_80 = 0.8416  # standard normal quantile of the target power
+Z_ALPHA = 1.9600  # and of the one-sided level
+
+
+def power_rows(tests, seed_counts: Sequence[int] = (10, 20, 30), replicates: int = 100,
+               n_resamples: int = 999, key: int = 0) -> list[dict]:
+    """For each claim test of a sweep, its power at ``K`` seeds and its minimum detectable effect.
+
+    Args:
+      tests: :class:`lr_jax.experiment.claims.ClaimTest` items (``claim_tests(rows)``).
+      seed_counts: the ``K`` of :func:`resampled_power`.
+      replicates: resampled sweeps per ``K``.
+      n_resamples: permutations of each turning-point test inside the simulation.
+      key: seed of the resampling.
+
+    Returns:
+      One dict per test: its setting, claim, test, category, the sweep's
+      estimate and interval (``mean``, ``low``, ``high``, ``n_seeds`` ``S``),
+      ``power`` ``{K: share held}``, ``seeds_for_80`` (the smallest ``K``
+      reaching 80 %, or None), and ``mde``: the effect a sweep of ``S``
+      seeds detects with 80 % power, ``(z_0.975 + z_0.8) * (high - low) /
+      (2 z_0.975)`` (the interval's half-width as 1.96 standard errors; a
+      normal approximation).
+    """
+    out = []
+    for t in tests:
+        e = t.run()
+        kwargs = {"n_resamples": n_resamples} if t.claim in (1, 2) else {}
+        power = resampled_power(t.arrays, lambda *a, seed, _t=t: _t.fn(*a, seed=seed, **kwargs), seed_counts,
+                                replicates, key)
+        mde = (Z_ALPHA + Z_80) * (e.high - e.low) / (2 * Z_ALPHA)
+        out.append({**t.setting, "claim": t.claim, "test": t.test, "category": t.category, "mean": e.mean,
+                    "low": e.low, "high": e.high, "n_seeds": e.n_seeds, "held": e.held, "power": power,
+                    "seeds_for_80": seeds_for_power(power), "mde": mde})
+    return out
+
+
+def power_markdown(rows: Sequence[dict]) -> str:
+    """A markdown table of :func:`power_rows`."""
+    if not rows:
+        return ""
+    ks = sorted(rows[0]["power"])
+    head = ["claim", "lr", "depth", "test", "category", "estimate [95 % CI]",
+            *(f"power, {k} seeds" for k in ks), "seeds for 80 %", "MDE (80 %)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for r in rows:
+        ci = cs.interval_text(r["mean"], r["low"], r["high"])
+        need = r["seeds_for_80"] if r["seeds_for_80"] is not None else f"> {ks[-1]}"
+        lines.append(f"| {r['claim']} | {r['lr']:g} | {r['depth']} | {r['test']} | {r['category']} | {ci} | "
+                     + " | ".join(f"{100 * r['power'][k]:.0f} %" for k in ks) + f" | {need} | {r['mde']:.3g} |")
+    return "\n".join(lines) + "\n"

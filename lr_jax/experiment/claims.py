@@ -21,7 +21,7 @@ The claims:
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
 
@@ -266,6 +266,46 @@ def claim_intervals(rows: Sequence[dict], metric: str = "mean_log2_bound", *, se
       the corrections; empty when the rows lack ``metric``. ``seed`` keys
       the within-seed permutations (claims 1 and 2).
     """
+    out = [_interval_row(t.setting, t.claim, t.test, t.category, t.metric, t.run(seed=seed))
+           for t in claim_tests(rows, metric)]
+    return with_corrections([{**r, "measure": metric} for r in out])
+
+
+class ClaimTest(NamedTuple):
+    """One claim test of one (lr, depth): what it reads and how it is computed.
+
+    Attributes:
+      setting: ``{"lr", "depth"}``.
+      claim: 1-5.
+      test: its name in the tables.
+      category: the category (claims 3 and 4: the data category).
+      metric: the metric read.
+      arrays: the ``[S, E]`` trajectories the test reads (same seeds).
+      fn: ``fn(*arrays, seed=...) -> Estimate``.
+    """
+
+    setting: dict
+    claim: int
+    test: str
+    category: str
+    metric: str
+    arrays: tuple
+    fn: Callable
+
+    def run(self, seed: int = 0, **kwargs) -> cs.Estimate:
+        return self.fn(*self.arrays, seed=seed, **kwargs)
+
+
+def _first(f):
+    return lambda *a, **k: f(*a, **k)[0]
+
+
+def _second(f):
+    return lambda *a, **k: f(*a, **k)[1]
+
+
+def claim_tests(rows: Sequence[dict], metric: str = "mean_log2_bound") -> list[ClaimTest]:
+    """Every claim test of :func:`claim_intervals`, not yet computed (empty when the rows lack ``metric``)."""
     if not any(metric in r and r[metric] is not None for r in rows):
         return []
     out = []
@@ -277,24 +317,26 @@ def claim_intervals(rows: Sequence[dict], metric: str = "mean_log2_bound", *, se
                 return _trajectories(rows, lr, depth, cat, m)[1]
 
             for cat in CATEGORIES:
-                drop, rise = cs.dip_then_rise(traj(cat, metric), seed=seed)
-                out.append(_interval_row(setting, 1, "drop to the minimum", cat, metric, drop))
-                out.append(_interval_row(setting, 1, "rise after the minimum", cat, metric, rise))
+                v = (traj(cat, metric),)
+                out.append(ClaimTest(setting, 1, "drop to the minimum", cat, metric, v, _first(cs.dip_then_rise)))
+                out.append(ClaimTest(setting, 1, "rise after the minimum", cat, metric, v, _second(cs.dip_then_rise)))
                 if metric == "mean_log2_bound":
-                    up, down = cs.rise_then_dip(traj(cat, "mean_single_region_radius"), seed=seed)
-                    out.append(_interval_row(setting, 2, "rise to the maximum", cat, "mean_single_region_radius", up))
-                    out.append(_interval_row(setting, 2, "fall after the maximum", cat, "mean_single_region_radius", down))
+                    r = (traj(cat, "mean_single_region_radius"),)
+                    m = "mean_single_region_radius"
+                    out.append(ClaimTest(setting, 2, "rise to the maximum", cat, m, r, _first(cs.rise_then_dip)))
+                    out.append(ClaimTest(setting, 2, "fall after the maximum", cat, m, r, _second(cs.rise_then_dip)))
                 single = SINGLE_REGION_METRIC.get(metric)
                 if single is not None:
-                    out.append(_interval_row(setting, 5, "growth, first to last epoch", cat, single, cs.growth(traj(cat, single))))
+                    out.append(ClaimTest(setting, 5, "growth, first to last epoch", cat, single, (traj(cat, single),),
+                                         cs.growth))
             for clear in CATEGORIES[:2]:
                 for random in CATEGORIES[2:]:
-                    e = cs.clearer_trend(traj(clear, metric), traj(random, metric))
-                    out.append(_interval_row(setting, 3, f"relative mean fall, {clear} minus {random}", clear, metric, e))
+                    out.append(ClaimTest(setting, 3, f"relative mean fall, {clear} minus {random}", clear, metric,
+                                         (traj(clear, metric), traj(random, metric)), cs.clearer_trend))
             for random in CATEGORIES[2:]:
-                e = cs.paired_difference(traj("train", metric), traj(random, metric))
-                out.append(_interval_row(setting, 4, f"train minus {random}", "train", metric, e))
-    return with_corrections([{**r, "measure": metric} for r in out])
+                out.append(ClaimTest(setting, 4, f"train minus {random}", "train", metric,
+                                     (traj("train", metric), traj(random, metric)), cs.paired_difference))
+    return out
 
 
 def verdict_stability(rows: Sequence[dict], metric: str = "mean_log2_bound", keys: Sequence[int] = range(5)) -> dict:
