@@ -158,12 +158,12 @@ def test_calibration_full():
 def test_resampled_power_grows_with_the_effect_and_the_seeds():
     rng = np.random.default_rng(8)
     ramp = np.linspace(0, 1, 11)
-    strong = ramp * 3 + rng.normal(size=(30, 11))  # a 3-SD rise
-    weak = ramp * 0.5 + rng.normal(size=(30, 11))
-    none = rng.normal(size=(30, 11))
-    p_strong = calibration.resampled_power([strong], cs.growth, (5, 10, 30), replicates=60)
-    p_weak = calibration.resampled_power([weak], cs.growth, (5, 10, 30), replicates=60)
-    p_none = calibration.resampled_power([none], cs.growth, (10,), replicates=60)
-    assert p_strong[10] >= 0.9 and p_strong[5] < p_strong[30] and p_weak[10] < p_strong[10]
-    assert p_none[10] < 0.2
-    assert calibration.seeds_for_power(p_strong) in (5, 10) and calibration.seeds_for_power({10: 0.5}) is None
+    strong = ramp * 3 + rng.normal(size=(12, 11))  # a 3-SD rise
+    weak = ramp * 0.5 + rng.normal(size=(12, 11))
+    none = rng.normal(size=(12, 11))
+    p_strong = calibration.resampled_power([strong], cs.growth, (6, 12), replicates=40)
+    p_weak = calibration.resampled_power([weak], cs.growth, (12,), replicates=40)
+    p_none = calibration.resampled_power([none], cs.growth, (12,), replicates=40)
+    assert p_strong[12] >= 0.9 and p_strong[6] <= p_strong[12] and p_weak[12] < p_strong[12]
+    assert p_none[12] < 0.2
+    assert calibration.seeds_for_power(p_strong) in (6, 12) and calibration.seeds_for_power({10: 0.5}) is None
