@@ -37,7 +37,7 @@ def test_verdicts_per_setting_follow_the_planted_effect():
     assert counts[(falls, "none", 0.02)]["held"] == 0
     assert counts[("4. more regions at train than random", "strong", 0.02)]["held"] == 2  # train above both random sets
     md = robustness_markdown(intervals)
-    assert "| claim | strong | none |" in md and "| 1. bound falls | 2 (2)/4 | 0 (0)/4 |" in md
+    assert "| claim | strong | none |" in md and "| 1. bound falls | 2 (2)/4 | 0 (0)/4 |" in md and "Data categories (train, test):" in md in md
     line = next(l for l in md.splitlines() if l.startswith("| 1 | 0.02 | 2 | drop to the minimum (train) |"))
     strong, none = line.split(" | ")[-2:]
     assert strong.startswith("**+") and not none.startswith("**")

@@ -49,8 +49,16 @@ def setting_intervals(settings: Mapping[str, Sequence[dict]], metric: str = "mea
     return [{"setting": name, **r} for name, rows in settings.items() for r in claim_intervals(rows, metric)]
 
 
-def verdict_counts(intervals: Sequence[dict]) -> list[dict]:
+DATA_CATEGORIES = ("train", "test")
+
+
+def verdict_counts(intervals: Sequence[dict], categories: Sequence[str] | None = None) -> list[dict]:
     """Per claim statement, setting and learning rate, in how many (depth, category) tests the claim held.
+
+    Args:
+      intervals: :func:`setting_intervals` rows.
+      categories: count only the tests of these categories (claims 3 and 4
+        name a data category: train or test); None counts every test.
 
     Returns:
       ``{"claim", "setting", "lr", "held", "held_holm", "tests"}`` per
@@ -65,7 +73,8 @@ def verdict_counts(intervals: Sequence[dict]) -> list[dict]:
         for s in settings:
             for lr in lrs:
                 rows = [r for r in intervals if r["setting"] == s and r["lr"] == lr and r["claim"] == claim
-                        and (test is None or r["test"] == test)]
+                        and (test is None or r["test"] == test)
+                        and (categories is None or r["category"] in categories)]
                 out.append({"claim": label, "setting": s, "lr": lr, "held": sum(bool(r["held"]) for r in rows),
                             "held_holm": sum(bool(r.get("held_holm")) for r in rows), "tests": len(rows)})
     return out
@@ -76,7 +85,8 @@ def robustness_markdown(intervals: Sequence[dict], title: str = "How robust are 
 
     First claim x setting with the number of (depth, category) tests in
     which the claim held at each learning rate, raw and after Holm's
-    correction; then, per (lr, depth), each key test (:data:`KEY_TESTS`) x
+    correction, over every category, then over the data categories and over
+    the random ones apart; then, per (lr, depth), each key test (:data:`KEY_TESTS`) x
     setting with its estimate, 95 % interval and raw verdict.
     """
     if not intervals:
@@ -88,13 +98,21 @@ def robustness_markdown(intervals: Sequence[dict], title: str = "How robust are 
              "categories, as raw (Holm) counts: raw, a test holds when its one-sided p-value is at most 0.025 "
              "(its 95 % interval excludes zero in the claimed direction); Holm, after Holm's correction within "
              "the claim's family of the setting (lr x depth x category):", ""]
-    lines += ["| claim | " + " | ".join(settings) + " |", "|" + " --- |" * (len(settings) + 1)]
-    counts = {(c["claim"], c["setting"], c["lr"]): c for c in verdict_counts(intervals)}
-    for label in CLAIM_TESTS:
-        cells = [" / ".join(f"{counts[(label, s, lr)]['held']} ({counts[(label, s, lr)]['held_holm']})"
-                            f"/{counts[(label, s, lr)]['tests']}" for lr in lrs) for s in settings]
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    lines += ["", "Key tests, estimate [95 % interval]; **bold** = held (raw), * = held after Holm:", ""]
+    random_categories = tuple(sorted({r["category"] for r in intervals} - set(DATA_CATEGORIES)))
+    for name, cats in (("every category", None), ("data categories (train, test)", DATA_CATEGORIES),
+                       ("random categories (" + ", ".join(random_categories) + ")", random_categories)):
+        counts = {(c["claim"], c["setting"], c["lr"]): c for c in verdict_counts(intervals, cats)}
+        labels = [label for label in CLAIM_TESTS if any(counts[(label, s, lr)]["tests"] for s in settings for lr in lrs)]
+        if not labels:
+            continue
+        lines += [f"{name.capitalize()}:", ""]
+        lines += ["| claim | " + " | ".join(settings) + " |", "|" + " --- |" * (len(settings) + 1)]
+        for label in labels:
+            cells = [" / ".join(f"{counts[(label, s, lr)]['held']} ({counts[(label, s, lr)]['held_holm']})"
+                                f"/{counts[(label, s, lr)]['tests']}" for lr in lrs) for s in settings]
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        lines.append("")
+    lines += ["Key tests, estimate [95 % interval]; **bold** = held (raw), * = held after Holm:", ""]
     lines += ["| claim | lr | depth | test | " + " | ".join(settings) + " |", "|" + " --- |" * (len(settings) + 4)]
     index = {(r["setting"], r["claim"], r["test"], r["category"], r["lr"], r["depth"]): r for r in intervals}
     pairs = sorted({(r["lr"], r["depth"]) for r in intervals}, key=lambda p: (-p[0], p[1]))
