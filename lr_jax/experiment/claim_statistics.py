@@ -154,11 +154,6 @@ def sign_flip(per_seed, direction: int = 1, *, seed: int = 0) -> Estimate:
     return Estimate(mean, low, high, n, direction, bool(p <= ALPHA), p)
 
 
-def seed_interval(per_seed, direction: int = 1, *, seed: int = 0) -> Estimate:
-    """Alias of :func:`sign_flip` (the name the claims used before the tests were calibrated)."""
-    return sign_flip(per_seed, direction, seed=seed)
-
-
 def _finite_rows(values) -> np.ndarray:
     v = np.asarray(values, np.float64)
     return v[np.all(np.isfinite(v), axis=1)]
