@@ -152,7 +152,7 @@ def test_calibration_small():
 
 @pytest.mark.slow
 def test_calibration_full():
-    _check_calibration(calibration.simulate(2000, n_resamples=999), 2000)
+    _check_calibration(calibration.simulate(1000, n_resamples=999), 1000)
 
 
 def test_resampled_power_grows_with_the_effect_and_the_seeds():

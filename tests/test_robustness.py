@@ -73,3 +73,24 @@ def test_plot_script_compares_several_sweeps(tmp_path):
     assert {r["setting"] for r in intervals} == {"default", "scale16"}
     proc = subprocess.run(cmd + ["--out", str(out), "--labels", "a"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1 and "one per folder" in proc.stderr
+
+
+def test_seed_power_and_calibration_scripts_print_their_tables(tmp_path, capsys):
+    """The two thin scripts of the claim statistics, run small in-process."""
+    import importlib.util
+
+    def script(name):
+        spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    _write_sweep(tmp_path / "sweep", 1.0)
+    out = tmp_path / "power.md"
+    assert script("seed_power").main([str(tmp_path / "sweep"), "--seeds", "6", "--replicates", "3", "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "| power, 6 seeds | seeds for 80 % | MDE (80 %) |" in text and "| 4 | 0.02 | 2 | train minus random1 |" in text
+    cal = tmp_path / "cal.md"
+    assert script("calibrate_claims").main(["--replicates", "5", "--resamples", "19", "--out", str(cal)]) == 0
+    assert "| dip_then_rise: fall | iid, no trend | false held |" in cal.read_text()
+    assert "Calibration: 5 replicates" in capsys.readouterr().out
