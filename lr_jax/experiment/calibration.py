@@ -28,7 +28,13 @@ effect (power). The effects:
 
 Every draw comes from ``numpy.random.default_rng([key, scenario, replicate])``
 and each test's permutations from its replicate number: the table is a
-deterministic function of its arguments. Pure; nothing is printed or read.
+deterministic function of its arguments.
+
+How many seeds a sweep needs: :func:`resampled_power` (and
+:func:`power_rows` for every claim test of a sweep) estimates a test's power
+at ``K`` seeds at the effect a sweep measured, by resampling its seeds;
+:func:`turn_power` the power of the turning-point test on simulated
+fall-then-rise trajectories of a given size. Pure; nothing is printed or read.
 """
 
 from __future__ import annotations

@@ -17,6 +17,13 @@ The claims:
 5. the number of points with a single region grows with training until
    convergence (``num_single_region`` at the end vs epoch 0, and its rank
    correlation with the epoch).
+
+:func:`check_claims` describes them (means over seeds); :func:`claim_intervals`
+tests them (:mod:`lr_jax.experiment.claim_statistics`: one-sided p-values,
+95 % intervals, raw verdicts and Holm / Benjamini-Hochberg verdicts within
+each claim's family over lr x depth x category). Claim 3's test compares the
+relative *mean* fall after epoch 0 (per seed), the descriptive table the
+fall to the mean trajectory's minimum.
 """
 
 from __future__ import annotations
