@@ -78,7 +78,9 @@ class Estimate(NamedTuple):
     """A claimed effect: a statistic over seeds, its 95 % interval, its one-sided p-value and verdict.
 
     Attributes:
-      mean: the statistic (a mean over seeds).
+      mean: the estimate (the field keeps its old name): the mean over seeds of
+        the per-seed values (sign-flip tests), or the statistic minus the
+        median of its permutation null (turning-point tests).
       low: lower end of the 95 % interval (the test inverted).
       high: upper end.
       n_seeds: seeds with a finite statistic (those the test used).
