@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from lr_jax.experiment.claims import check_claims, claims_markdown
 from lr_jax.experiment.experiment import CATEGORIES
@@ -62,7 +63,7 @@ def test_claim_intervals_on_known_trajectories():
     for seed in range(8):
         for e in epochs:
             for cat, base in (("train", 3.0), ("test", 3.0), ("random1", 2.0), ("random2", 1.0)):
-                u = (e - 6) ** 2 / 36.0  # falls to epoch 6, rises after
+                u = (e - 5) ** 2 / 25.0  # falls to epochs 4-6, rises back by epoch 10
                 c = base + (0.5 * u if cat in ("train", "test") else 0.0) + 0.02 * rng.normal()
                 rows.append({"lr": 0.02, "depth": 2, "seed": seed, "epoch": e, "category": cat,
                              "mean_log2_bound": c, "mean_single_region_radius": 1.0 / c,
@@ -73,7 +74,7 @@ def test_claim_intervals_on_known_trajectories():
     assert not held[(1, "drop to the minimum", "random2")]  # flat: no effect
     assert held[(4, "train minus random1", "train")]
     assert held[(5, "growth, first to last epoch", "train")]
-    assert held[(3, "relative drop, train minus random2", "train")]
+    assert held[(3, "relative mean fall, train minus random2", "train")]
     assert "| 1 | 0.02 | 2 | drop to the minimum | train |" in intervals_markdown(out, "t")
     assert claim_intervals(rows, "exact_mean_log2_count") == []
 
@@ -85,7 +86,7 @@ def _planted_rows(exact_effect: bool, seeds=range(8)):
     for seed in seeds:
         for e in range(0, 11, 2):
             for cat, base in (("train", 3.0), ("test", 3.0), ("random1", 2.0), ("random2", 1.0)):
-                u = (e - 6) ** 2 / 36.0 if cat in ("train", "test") else 0.0
+                u = (e - 5) ** 2 / 25.0 if cat in ("train", "test") else 0.0
                 c = base + 0.5 * u + 0.02 * rng.normal()
                 x = base - 1 + (0.5 * u if exact_effect else 0.0) + 0.02 * rng.normal()
                 rows.append({"lr": 0.02, "depth": 2, "seed": seed, "epoch": e, "category": cat,
@@ -113,3 +114,24 @@ def test_exact_count_verdicts_and_their_agreement_with_the_bound():
         # The bound (all points, and the subset: identical rows here) falls; the exact count only with an effect.
         assert line.endswith("| yes | yes |") is effect and line.endswith("| **no** | **no** |") is not effect
     assert agreement_markdown(claim_intervals(rows)) == ""  # no exact counts: nothing to compare
+
+
+def test_corrections_are_per_claim_family():
+    from lr_jax.experiment.claims import with_corrections
+
+    def row(claim, test, p, measure="m"):
+        return {"claim": claim, "test": test, "p_value": p, "measure": measure}
+
+    rows = [row(1, "drop to the minimum", p) for p in (0.001, 0.02, 0.3)]
+    rows += [row(1, "rise after the minimum", 0.02)]  # its own family: alone, Holm changes nothing
+    rows += [row(3, f"relative mean fall, train minus {r}", 0.01) for r in ("random1", "random2")]
+    rows += [row(1, "drop to the minimum", 0.02, measure="other")]  # another measure: another family
+    out = with_corrections(rows)
+    assert [r["held"] if "held" in r else None for r in out] == [None] * 7  # raw verdicts are left as they were
+    assert [r["p_holm"] for r in out[:3]] == pytest.approx([0.003, 0.04, 0.3])  # 3p, 2p, 1p, running max
+    assert [r["held_holm"] for r in out[:3]] == [True, False, False]
+    assert [r["p_bh"] for r in out[:3]] == pytest.approx([0.003, 0.03, 0.3])  # 3p/1, 3p/2, 3p/3
+    assert out[3]["held_holm"] and out[3]["p_holm"] == pytest.approx(0.02)
+    assert {r["family"] for r in out[4:6]} == {"3: relative mean fall, data minus random"}
+    assert [r["p_holm"] for r in out[4:6]] == pytest.approx([0.02, 0.02])
+    assert out[6]["p_holm"] == pytest.approx(0.02)

@@ -7,12 +7,11 @@ import pytest
 
 from lr_jax.experiment.experiment import CATEGORIES
 from lr_jax.experiment.plots import plot_figure3, plot_run
-from lr_jax.experiment.sweep import summarise
 
 
 def _rows(lr=0.02, depth=2, seeds=(0, 1)):
     return [
-        {"lr": lr, "depth": depth, "seed": s, "epoch": e, "category": c, "mean_bound": 1.0 + e + s,
+        {"lr": lr, "depth": depth, "seed": s, "epoch": e, "category": c, "mean_bound": 1.0 + e + s, "n_points": 50,
          "mean_log2_bound": 0.5 * e, "num_single_region": e, "mean_single_region_radius": 0.1 * (e + 1)}
         for s in seeds for e in (0, 2, 4) for c in CATEGORIES
     ]
@@ -26,26 +25,29 @@ def test_plot_run_writes_a_png(tmp_path):
 
 @pytest.mark.slow  # matplotlib at full size; the fast tier draws one run's panels
 def test_plot_figure3_writes_every_panel(tmp_path):
-    summary = summarise(_rows(0.02) + _rows(0.001) + _rows(0.02, depth=3))
-    written = plot_figure3(summary, tmp_path)
+    written = plot_figure3(_rows(0.02) + _rows(0.001) + _rows(0.02, depth=3), tmp_path)
     names = sorted(p.name for p in written)
     assert names == sorted(f"figure3{s}.{e}" for s in ("", "_radius", "_log2") for e in ("png", "pdf"))
     assert all(p.stat().st_size > 5_000 for p in written)
 
 
-def test_mean_bound_band_is_the_interquartile_range_not_a_std_band_crossing_zero():
-    from lr_jax.experiment.plots import _series
-    from lr_jax.experiment.sweep import summarise
+def test_bands_are_the_paired_change_from_epoch_0_not_the_spread_between_seeds():
+    from lr_jax.experiment.plots import paired_series
 
-    # One seed in ten with a huge mean 2^C, as at depth 3: mean - std < 0, quartiles stay positive.
-    rows = [{"lr": 0.02, "depth": 3, "seed": s, "epoch": 0, "category": "train",
-             "mean_bound": 1e6 if s == 0 else 2.0 + s} for s in range(10)]
-    summary = summarise(rows)
-    _, centre, low, high = _series(summary, 0.02, 3, "train", "mean_bound", "iqr")
-    assert low[0] > 0 and low[0] <= centre[0] <= high[0]
-    assert centre[0] == np.median([r["mean_bound"] for r in rows])
-    _, mean, mlow, _ = _series(summary, 0.02, 3, "train", "mean_bound", "std")
-    assert mlow[0] < 0 < mean[0]  # the band the report no longer draws
+    # Seeds far apart in level (0, 10, 20, ...) that all rise by the same 0.5 per epoch, plus a little
+    # seed-specific wobble: the band is narrow around the mean, where a +-std band would be +-14 wide.
+    rng = np.random.default_rng(0)
+    rows = [{"lr": 0.02, "depth": 2, "seed": s, "epoch": e, "category": "train", "n_points": 500,
+             "mean_log2_bound": 10.0 * s + 0.5 * e + (0.01 * rng.normal() if e else 0.0),
+             "num_single_region": 100 + 10 * e, "mean_bound": 2.0 ** (s + e)}
+            for s in range(5) for e in (0, 2, 4)]
+    e, centre, low, high = paired_series(rows, 0.02, 2, "train", "mean_log2_bound")
+    assert list(e) == [0, 2, 4] and low[0] == high[0] == centre[0] == 20.0
+    assert np.allclose(centre, [20.0, 21.0, 22.0], atol=0.05) and np.all(high - low < 0.1)
+    _, share, _, _ = paired_series(rows, 0.02, 2, "train", "num_single_region", scale="fraction")
+    assert np.allclose(share, [0.2, 0.24, 0.28])  # 100, 120, 140 of 500 points
+    _, geo, glow, _ = paired_series(rows, 0.02, 2, "train", "mean_bound", scale="log")
+    assert np.allclose(geo, [4.0, 16.0, 64.0]) and np.all(glow > 0)  # geometric mean of 2^(s+e) over s = 0..4
 
 
 def _png_width(path) -> int:
@@ -56,10 +58,10 @@ def _png_width(path) -> int:
 def test_figure3_gains_the_exact_count_panels_when_regions_were_counted(tmp_path):
     rows = _rows(0.02) + _rows(0.001)
     (tmp_path / "plain").mkdir()
-    plain = plot_figure3(summarise(rows), tmp_path / "plain")
+    plain = plot_figure3(rows, tmp_path / "plain")
     counted_rows = [{**r, "exact_mean_count": 1.5 + r["epoch"], "exact_subset_mean_bound": 2.0 + r["epoch"]} for r in rows]
     (tmp_path / "counted").mkdir()
-    counted = plot_figure3(summarise(counted_rows), tmp_path / "counted")
+    counted = plot_figure3(counted_rows, tmp_path / "counted")
     # Two panels per learning rate become four: the figure doubles in width, same height.
     assert _png_width(counted[0]) == 2 * _png_width(plain[0])
 

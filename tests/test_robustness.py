@@ -37,7 +37,7 @@ def test_verdicts_per_setting_follow_the_planted_effect():
     assert counts[(falls, "none", 0.02)]["held"] == 0
     assert counts[("4. more regions at train than random", "strong", 0.02)]["held"] == 2  # train above both random sets
     md = robustness_markdown(intervals)
-    assert "| claim | strong | none |" in md and "| 1. bound falls | 2/4 | 0/4 |" in md
+    assert "| claim | strong | none |" in md and "| 1. bound falls | 2 (2)/4 | 0 (0)/4 |" in md and "Data categories (train, test):" in md in md
     line = next(l for l in md.splitlines() if l.startswith("| 1 | 0.02 | 2 | drop to the minimum (train) |"))
     strong, none = line.split(" | ")[-2:]
     assert strong.startswith("**+") and not none.startswith("**")
@@ -65,7 +65,7 @@ def test_plot_script_compares_several_sweeps(tmp_path):
     proc = subprocess.run(cmd + ["--out", str(out)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     md = (out / "robustness.md").read_text()
-    assert "| claim | default | scale16 |" in md and "| 1. bound falls | 4/8 | 0/8 |" in md  # one lr, two depths
+    assert "| claim | default | scale16 |" in md and "| 1. bound falls | 4 (4)/8 | 0 (0)/8 |" in md  # one lr, two depths
     assert (out / "robustness_mean_c.png").stat().st_size > 10_000
     for name in ("default", "scale16"):  # each sweep's own report beside it
         assert (out / name / "claims.md").exists() and (out / name / "figure3.png").exists()
@@ -73,3 +73,24 @@ def test_plot_script_compares_several_sweeps(tmp_path):
     assert {r["setting"] for r in intervals} == {"default", "scale16"}
     proc = subprocess.run(cmd + ["--out", str(out), "--labels", "a"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1 and "one per folder" in proc.stderr
+
+
+def test_seed_power_and_calibration_scripts_print_their_tables(tmp_path, capsys):
+    """The two thin scripts of the claim statistics, run small in-process."""
+    import importlib.util
+
+    def script(name):
+        spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    _write_sweep(tmp_path / "sweep", 1.0)
+    out = tmp_path / "power.md"
+    assert script("seed_power").main([str(tmp_path / "sweep"), "--seeds", "6", "--replicates", "3", "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "| power, 6 seeds | seeds for 80 % | MDE (80 %) |" in text and "| 4 | 0.02 | 2 | train minus random1 |" in text
+    cal = tmp_path / "cal.md"
+    assert script("calibrate_claims").main(["--replicates", "5", "--resamples", "19", "--out", str(cal)]) == 0
+    assert "| dip_then_rise: fall | iid, no trend | false held |" in cal.read_text()
+    assert "Calibration: 5 replicates" in capsys.readouterr().out

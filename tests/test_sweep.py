@@ -80,6 +80,13 @@ def test_stacked_job_without_its_seeds_is_named(tmp_path):
         assert m["reason"].startswith(f"{metrics}: rows hold seeds [0, 1], not the job's seeds [0, 1, 2]")
 
 
+def test_a_stack_of_more_than_ten_seeds_is_read(tmp_path):
+    """Seeds 0..11 in one job: the check of the rows' seeds orders them as numbers (10 after 9)."""
+    _write_stacked_job(tmp_path, 0.02, 2, 0, 12)
+    runs = collect_runs(tmp_path)
+    assert runs.complete == [(0.02, 2, s) for s in range(12)] and not runs.missing
+
+
 @pytest.fixture
 def synthetic_multirun(tmp_path):
     # Seeds 0, 1, 2 for (0.02, 2); seed 2 unfinished; seed 3 expected by the grid but absent.

@@ -1,46 +1,92 @@
-"""Seed-level statistics for the paper's claims, each with a 95 % confidence interval.
+"""Seed-level tests of the paper's claims: calibrated one-sided p-values and the intervals that invert them.
 
-Every claim is reduced to one number per seed (seeds are the independent
-replicates of a training run), and the claim is judged on the mean of those
-numbers with a bootstrap confidence interval over seeds (BCa, ``scipy.stats.
-bootstrap``). A claim *held* only when the interval excludes zero in the
-claimed direction. Inputs are trajectories ``[S, E]``: one row per seed, one
-column per evaluated epoch (a category's mean ``C``, mean radius, ...).
+Seeds are the independent replicates of a training run. Inputs are
+trajectories ``[S, E]``: one row per seed, one column per evaluated epoch (a
+category's mean ``C``, mean radius, ...). A claimed effect is *held* when its
+one-sided p-value is at most ``ALPHA = 0.025``; every test comes with the
+two-sided 95 % interval obtained by inverting the same test, so "held" is
+also "the interval excludes zero in the claimed direction".
 
-Turning points are located without bias. "Falls, then rises" measured as
-``v(0) - min_e v(e)`` is positive for pure noise (a minimum of noisy values is
-below their mean), so its interval would exclude zero with no effect at all.
-We cross-fit instead: seed ``s``'s turning epoch ``e_s`` is the arg-min of the
-mean trajectory of the *other* seeds, so it does not depend on seed ``s``'s own
-noise, and
+Two tests, each exact under a stated null hypothesis:
 
-    drop_s = v_s(0) - v_s(e_s),        rise_s = v_s(E - 1) - v_s(e_s)
+**Sign-flip test** (:func:`sign_flip`, used by :func:`growth`,
+:func:`paired_difference`, :func:`clearer_trend`). One number ``x_s`` per seed,
+computed from seed ``s`` alone, so the ``x_s`` are independent. H0: each
+``x_s`` is symmetric about 0. Statistic: ``T = mean_s x_s``. Under H0 flipping
+any set of signs leaves the joint distribution unchanged, so with ``N`` sign
+patterns ``eps`` (all ``2^S`` when ``S <= 16``: exact and free of randomness;
+else the identity and ``2^16 - 1`` patterns drawn with a fixed key)
 
-have mean zero when the trajectories have no trend (exchangeable seeds).
-Pure functions of NumPy arrays.
+    p = #{eps : mean_s eps_s x_s >= T} / N.
+
+Shifting by ``mu`` (H0: ``x_s - mu`` symmetric), ``mean eps (x - mu) >=
+mean (x - mu)`` holds exactly when the flipped seeds ``F = {s : eps_s = -1}``
+are empty or have ``mean_{s in F} x_s <= mu``. So ``p(mu)`` is the fraction of
+patterns whose flipped-subset mean is ``<= mu`` (the empty subset counting as
+``-inf``), increasing in ``mu``, and the lower end of the interval is the
+``(k + 1)``-th smallest of these subset means, ``k = floor(ALPHA N)``; the
+upper end mirrors it (Hartigan 1969, "Using subsample values as typical
+values"). ``low > 0`` exactly when ``p <= ALPHA``.
+
+**Within-seed permutation test** (:func:`within_seed_permutation`, used by
+:func:`dip_then_rise`, :func:`rise_then_dip`). On the mean trajectory over
+seeds ``m(e) = mean_s v_s(e)``,
+
+    T_fall = m(0) - min_e m(e),        T_rise = m(E-1) - min_e m(e).
+
+Both are positive for pure noise (a minimum of noisy values lies below their
+mean); the test accounts for that bias instead of removing it. H0: within
+each seed the ``E`` values are exchangeable (no trend: noise around the
+seed's own level). Permuting every seed's epochs independently ``B`` times
+(a fixed key) and recomputing ``T`` gives null values ``z_b``, and
+
+    p = (1 + #{b : z_b >= T}) / (B + 1),
+
+valid for any ``B``. The interval ``[T - z_(k largest), T - z_(k smallest)]``,
+``k = floor(ALPHA (B + 1))``, inverts the test under a shift model (an
+effect moves ``T`` without changing its null distribution); ``low > 0``
+exactly when ``p <= ALPHA``. The estimate is ``T - median_b z_b``, the
+shift at which ``p`` is one half: the fall (rise) minus what noise alone
+gives. Under an effect the permuted data carry the trend too, which widens
+the null, so estimate and interval lean towards zero. Correlated noise within
+a seed (AR(1)) breaks exchangeability; :mod:`lr_jax.experiment.calibration`
+measures the false-held rate it gives (the earlier statistic, cross-fitted
+per-seed drops with a bootstrap over seeds, gave 10-12 % at a nominal
+2.5 %: the per-seed terms shared the other seeds' data).
+
+Multiple testing: :func:`holm` (family-wise error) and
+:func:`benjamini_hochberg` (false-discovery rate) adjust a family's p-values.
+Pure functions of NumPy arrays; every random draw comes from an explicit seed.
 """
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import numpy as np
 from scipy import stats
 
-CONFIDENCE = 0.95
-_RESAMPLES = 9999
+ALPHA = 0.025  # one-sided level of every test
+CONFIDENCE = 1 - 2 * ALPHA  # the two-sided interval that inverts it
+PERMUTATIONS = 9999  # within-seed permutations of a turning-point test
+EXACT_SIGN_FLIP_SEEDS = 16  # up to this many seeds the sign-flip test enumerates all 2^S patterns
+SIGN_PATTERNS = 2**16 - 1  # random sign patterns beyond it (plus the identity)
 
 
 class Estimate(NamedTuple):
-    """A claimed effect: the mean over seeds of a per-seed statistic, with its interval.
+    """A claimed effect: a statistic over seeds, its 95 % interval, its one-sided p-value and verdict.
 
     Attributes:
-      mean: mean over seeds.
-      low: lower end of the confidence interval.
+      mean: the estimate (the field keeps its old name): the mean over seeds of
+        the per-seed values (sign-flip tests), or the statistic minus the
+        median of its permutation null (turning-point tests).
+      low: lower end of the 95 % interval (the test inverted).
       high: upper end.
-      n_seeds: seeds with a finite statistic.
+      n_seeds: seeds with a finite statistic (those the test used).
       direction: +1 when the claim says the statistic is positive, -1 negative.
-      held: the interval excludes zero in the claimed direction.
+      held: ``p_value <= ALPHA``, equivalently the interval excludes zero in the claimed direction.
+      p_value: one-sided p-value in the claimed direction (NaN when the test is undefined).
     """
 
     mean: float
@@ -49,109 +95,227 @@ class Estimate(NamedTuple):
     n_seeds: int
     direction: int
     held: bool
+    p_value: float = float("nan")
 
 
-def seed_interval(per_seed, direction: int = 1, *, confidence: float = CONFIDENCE, seed: int = 0) -> Estimate:
-    """The mean of ``per_seed`` ``[S]`` with a bootstrap (BCa) interval over seeds.
+def _undefined(mean: float, n: int, direction: int) -> Estimate:
+    return Estimate(mean, float("nan"), float("nan"), n, direction, False, float("nan"))
 
-    Seeds with a non-finite value are dropped. With fewer than two seeds the
-    interval is undefined (NaN) and the claim does not hold; when every seed
-    has the same value the interval is that value.
+
+def _sign_patterns(n: int, seed: int) -> np.ndarray:
+    """Boolean ``[N, n]``: which seeds are flipped. Row 0 is the identity (none flipped).
+
+    All ``2^n`` patterns when ``n <= EXACT_SIGN_FLIP_SEEDS``, else the identity
+    and ``SIGN_PATTERNS`` uniform random patterns drawn from ``seed``.
     """
-    v = np.asarray(per_seed, np.float64)
-    v = v[np.isfinite(v)]
-    n = int(v.size)
+    if n <= EXACT_SIGN_FLIP_SEEDS:
+        codes = np.arange(2**n, dtype=np.int64)
+        return ((codes[:, None] >> np.arange(n)) & 1).astype(bool)
+    rng = np.random.default_rng(seed)
+    return np.concatenate([np.zeros((1, n), bool), rng.random((SIGN_PATTERNS, n)) < 0.5])
+
+
+def sign_flip(per_seed, direction: int = 1, *, seed: int = 0) -> Estimate:
+    """Sign-flip test and interval for the mean of independent per-seed values ``[S]`` (module docstring).
+
+    Args:
+      per_seed: one value per seed; non-finite values are dropped.
+      direction: +1 when the claim says the mean is positive, -1 negative.
+      seed: key of the random sign patterns (used only with more than
+        ``EXACT_SIGN_FLIP_SEEDS`` seeds; below that the test is exact).
+
+    Returns:
+      The mean, the 95 % interval ``[low, high]`` that inverts the test, the
+      one-sided p-value ``#{eps : mean(eps x) >= mean x} / N`` in the claimed
+      direction, and ``held = p <= ALPHA``. With fewer than two seeds the
+      interval and p-value are NaN and the claim does not hold. Five seeds
+      (``2^5 = 32`` patterns) are the fewest with which ``p <= 0.025`` is possible.
+    """
+    x = np.asarray(per_seed, np.float64)
+    x = x[np.isfinite(x)]
+    n = int(x.size)
     if n < 2:
-        mean = float(v.mean()) if n else float("nan")
-        return Estimate(mean, float("nan"), float("nan"), n, direction, False)
-    mean = float(v.mean())
-    if np.all(v == v[0]):
-        low = high = mean
-    else:
-        res = stats.bootstrap(
-            (v,), np.mean, confidence_level=confidence, n_resamples=_RESAMPLES, method="BCa",
-            random_state=np.random.default_rng(seed),
-        )
-        low, high = float(res.confidence_interval.low), float(res.confidence_interval.high)
-        if not (np.isfinite(low) and np.isfinite(high)):  # BCa degenerates on tiny samples
-            res = stats.bootstrap(
-                (v,), np.mean, confidence_level=confidence, n_resamples=_RESAMPLES, method="percentile",
-                random_state=np.random.default_rng(seed),
-            )
-            low, high = float(res.confidence_interval.low), float(res.confidence_interval.high)
-    held = low > 0 if direction > 0 else high < 0
-    return Estimate(mean, low, high, n, direction, bool(held))
+        return _undefined(float(x.mean()) if n else float("nan"), n, direction)
+    mean = float(x.mean())
+    flipped = _sign_patterns(n, seed)
+    size = flipped.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        subset_mean = np.where(size > 0, (flipped @ x) / np.maximum(size, 1), -np.inf)
+    m = np.sort(subset_mean)  # the identity's -inf first
+    total = m.size
+    k = math.floor(ALPHA * total)
+    low = float(m[k])
+    up = np.sort(np.where(size > 0, subset_mean, np.inf))[::-1]  # mirrored: the empty subset as +inf
+    high = float(up[k])
+    # p-value in the claimed direction: patterns whose signed statistic is at least the observed one.
+    d = direction * x
+    signed = np.where(flipped, -d, d).sum(axis=1)
+    observed = d.sum()
+    tol = 1e-12 * max(1.0, float(np.abs(d).sum()))  # sums of the same floats in another order
+    p = float(np.mean(signed >= observed - tol))
+    return Estimate(mean, low, high, n, direction, bool(p <= ALPHA), p)
 
 
-def cross_fitted_argmin(values) -> np.ndarray:
-    """For each seed, the epoch index of the minimum of the other seeds' mean trajectory, ``[S]``."""
+def _finite_rows(values) -> np.ndarray:
     v = np.asarray(values, np.float64)
-    s = v.shape[0]
-    if s < 2:
-        return np.array([int(np.nanargmin(v[0]))] * s)
-    total = np.nansum(v, axis=0)
-    counts = np.sum(np.isfinite(v), axis=0)
+    return v[np.all(np.isfinite(v), axis=1)]
+
+
+def within_seed_permutation(values, statistic, direction: int = 1, *, seed: int = 0,
+                            n_resamples: int = PERMUTATIONS) -> list[Estimate]:
+    """Within-seed permutation test of statistics of trajectories ``[S, E]`` (module docstring).
+
+    Args:
+      values: ``[S, E]``; seeds (rows) with a non-finite value are dropped.
+      statistic: maps ``[..., S, E]`` to a tuple of arrays ``[...]``, each a
+        statistic over seeds (all are tested with the same permutations).
+      direction: +1 when the claims say the statistics are positive.
+      seed: key of the permutations.
+      n_resamples: ``B``, the number of permuted data sets.
+
+    Returns:
+      One :class:`Estimate` per statistic: the estimate ``T - median z``,
+      the interval ``[T - z_(k largest), T - z_(k smallest)]``, ``p = (1 +
+      #{z_b >= T}) / (B + 1)`` in the claimed direction and ``held = p <= ALPHA``.
+    """
+    v = _finite_rows(values)
+    n = int(v.shape[0])
+    if n < 2 or v.shape[1] < 2:
+        n_stats = len(statistic(np.zeros((2, 2))))
+        return [_undefined(float("nan"), n, direction) for _ in range(n_stats)]
+    rng = np.random.default_rng(seed)
+    perms = rng.permuted(np.broadcast_to(v, (n_resamples, *v.shape)), axis=-1)
     out = []
-    for k in range(s):
-        others = (total - np.nan_to_num(v[k])) / np.maximum(counts - np.isfinite(v[k]), 1)
-        out.append(int(np.nanargmin(others)))
-    return np.array(out)
+    for t, z in zip(statistic(v), statistic(perms)):
+        t = float(t)
+        z = np.sort(direction * np.asarray(z, np.float64))  # null of the signed statistic, ascending
+        k = math.floor(ALPHA * (n_resamples + 1))
+        signed = direction * t
+        tol = 1e-12 * max(1.0, abs(signed))
+        p = (1 + int(np.sum(z >= signed - tol))) / (n_resamples + 1)
+        if k < 1:
+            low = high = float("nan")
+        else:
+            a, b = signed - z[n_resamples - k], signed - z[k - 1]  # interval of the signed effect
+            low, high = (a, b) if direction > 0 else (-b, -a)
+        estimate = direction * (signed - float(np.median(z)))
+        out.append(Estimate(estimate, float(low), float(high), n, direction, bool(p <= ALPHA), float(p)))
+    return out
 
 
-def dip_then_rise(values) -> tuple[Estimate, Estimate]:
-    """"Falls, then rises": the drop to the cross-fitted minimum and the rise after it.
+def fall_and_rise(values) -> tuple[np.ndarray, np.ndarray]:
+    """``m(0) - min_e m(e)`` and ``m(E-1) - min_e m(e)`` of the mean trajectory ``m`` over seeds.
+
+    Args:
+      values: ``[..., S, E]``.
+
+    Returns:
+      Two arrays ``[...]``.
+    """
+    m = np.mean(np.asarray(values, np.float64), axis=-2)
+    low = m.min(axis=-1)
+    return m[..., 0] - low, m[..., -1] - low
+
+
+def dip_then_rise(values, *, seed: int = 0, n_resamples: int = PERMUTATIONS) -> tuple[Estimate, Estimate]:
+    """"Falls, then rises": the fall of the mean trajectory to its minimum and the rise after it, each tested.
 
     Args:
       values: ``[S, E]`` per-seed trajectories.
+      seed: key of the within-seed permutations.
+      n_resamples: their number.
 
     Returns:
-      ``(drop, rise)``: ``drop_s = v_s(0) - v_s(e_s)`` and
-      ``rise_s = v_s(E-1) - v_s(e_s)``, both claimed positive.
+      ``(fall, rise)`` of :func:`fall_and_rise`, both claimed positive, each
+      with its within-seed permutation p-value, interval and estimate (the
+      statistic minus the median of its permutation null).
     """
-    v = np.asarray(values, np.float64)
-    e = cross_fitted_argmin(v)
-    rows = np.arange(v.shape[0])
-    at_min = v[rows, e]
-    return seed_interval(v[:, 0] - at_min, 1), seed_interval(v[:, -1] - at_min, 1)
+    fall, rise = within_seed_permutation(values, fall_and_rise, 1, seed=seed, n_resamples=n_resamples)
+    return fall, rise
 
 
-def rise_then_dip(values) -> tuple[Estimate, Estimate]:
-    """"Rises, then falls" (the distance to the boundary): the rise to the cross-fitted maximum and the fall after it.
+def rise_then_dip(values, *, seed: int = 0, n_resamples: int = PERMUTATIONS) -> tuple[Estimate, Estimate]:
+    """"Rises, then falls" (the distance to the boundary): the rise of the mean trajectory to its maximum and the fall after it.
 
     Returns:
-      ``(rise, fall)``, both claimed positive: ``v_s(e_s) - v_s(0)`` and ``v_s(e_s) - v_s(E-1)``.
+      ``(rise, fall)``, both claimed positive: ``max_e m(e) - m(0)`` and
+      ``max_e m(e) - m(E-1)`` (:func:`dip_then_rise` of ``-values``).
     """
-    return dip_then_rise(-np.asarray(values, np.float64))
+    return dip_then_rise(-np.asarray(values, np.float64), seed=seed, n_resamples=n_resamples)
 
 
-def relative_drop(values) -> np.ndarray:
-    """Per seed, ``(v_s(0) - v_s(e_s)) / v_s(0)`` at the cross-fitted minimum, ``[S]``."""
+def relative_fall(values) -> np.ndarray:
+    """Per seed, the mean relative fall after epoch 0, ``1 - mean_{e >= 1} v_s(e) / v_s(0)``, ``[S]``.
+
+    Computed from seed ``s`` alone (no turning point), so the values of
+    different seeds are independent. NaN where ``v_s(0) = 0``.
+    """
     v = np.asarray(values, np.float64)
-    at_min = v[np.arange(v.shape[0]), cross_fitted_argmin(v)]
     with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(v[:, 0] != 0, (v[:, 0] - at_min) / v[:, 0], np.nan)
+        return np.where(v[:, 0] != 0, 1 - np.mean(v[:, 1:], axis=1) / v[:, 0], np.nan)
 
 
-def clearer_trend(values, reference) -> Estimate:
-    """"The trend is clearer on these points than on the reference ones": paired relative drops.
+def clearer_trend(values, reference, *, seed: int = 0) -> Estimate:
+    """"The trend is clearer on these points than on the reference ones": paired relative falls.
 
-    Per seed, the relative drop of ``values`` minus that of ``reference``
-    (both ``[S, E]``, the same seeds), claimed positive.
+    Per seed, :func:`relative_fall` of ``values`` minus that of ``reference``
+    (both ``[S, E]``, the same seeds), claimed positive; sign-flip test.
     """
-    return seed_interval(relative_drop(values) - relative_drop(reference), 1)
+    return sign_flip(relative_fall(values) - relative_fall(reference), 1, seed=seed)
 
 
-def paired_difference(values, reference) -> Estimate:
+def paired_difference(values, reference, *, seed: int = 0) -> Estimate:
     """"More regions around these points than around the reference ones": per seed, the mean over
-    epochs of ``values - reference`` (both ``[S, E]``), claimed positive."""
+    epochs of ``values - reference`` (both ``[S, E]``), claimed positive; sign-flip test."""
     d = np.asarray(values, np.float64) - np.asarray(reference, np.float64)
-    return seed_interval(np.nanmean(d, axis=1), 1)
+    return sign_flip(np.nanmean(d, axis=1), 1, seed=seed)
 
 
-def growth(values) -> Estimate:
-    """"Grows with training": per seed ``v_s(E-1) - v_s(0)``, claimed positive."""
+def growth(values, *, seed: int = 0) -> Estimate:
+    """"Grows with training": per seed ``v_s(E-1) - v_s(0)``, claimed positive; sign-flip test."""
     v = np.asarray(values, np.float64)
-    return seed_interval(v[:, -1] - v[:, 0], 1)
+    return sign_flip(v[:, -1] - v[:, 0], 1, seed=seed)
+
+
+# ---------------------------------------------------------------------------
+# Multiple testing
+
+
+def holm(p_values) -> np.ndarray:
+    """Holm's step-down adjusted p-values (family-wise error rate), in the input order.
+
+    With ``p_(1) <= ... <= p_(m)``, the adjusted value of ``p_(i)`` is
+    ``max_{j <= i} min(1, (m - j + 1) p_(j))``; rejecting where it is at most
+    ``alpha`` controls the chance of any false rejection in the family at
+    ``alpha``. NaN p-values stay NaN and do not count in ``m``.
+    """
+    p = np.asarray(p_values, np.float64)
+    out = np.full(p.shape, np.nan)
+    ok = np.flatnonzero(np.isfinite(p))
+    m = ok.size
+    if m == 0:
+        return out
+    order = ok[np.argsort(p[ok], kind="stable")]
+    adjusted = np.maximum.accumulate(np.minimum(1.0, (m - np.arange(m)) * p[order]))
+    out[order] = adjusted
+    return out
+
+
+def benjamini_hochberg(p_values) -> np.ndarray:
+    """Benjamini-Hochberg adjusted p-values (false-discovery rate, ``scipy.stats.false_discovery_control``).
+
+    NaN p-values stay NaN and do not count in the family.
+    """
+    p = np.asarray(p_values, np.float64)
+    out = np.full(p.shape, np.nan)
+    ok = np.isfinite(p)
+    if ok.any():
+        out[ok] = stats.false_discovery_control(p[ok], method="bh")
+    return out
+
+
+# ---------------------------------------------------------------------------
+# Text
 
 
 def interval_text(mean: float, low: float, high: float, digits: int = 3) -> str:
@@ -163,7 +327,14 @@ def interval_text(mean: float, low: float, high: float, digits: int = 3) -> str:
     return f"{num(mean, '+')} [{num(low)}, {num(high)}]"
 
 
+def p_text(p: float) -> str:
+    """A p-value as a table cell: ``p=0.0123``, ``p<0.001`` below 0.001, ``p=n/a`` when undefined."""
+    if not np.isfinite(p):
+        return "p=n/a"
+    return "p<0.001" if p < 0.001 else f"p={p:.3g}"
+
+
 def format_estimate(e: Estimate, digits: int = 3) -> str:
-    """``held: +0.123 [0.045, 0.201]`` as a table cell."""
+    """``held: +0.123 [0.045, 0.201] (p=0.001, n=10)`` as a table cell."""
     verdict = "held" if e.held else "not held"
-    return f"{verdict}: {interval_text(e.mean, e.low, e.high, digits)} (n={e.n_seeds})"
+    return f"{verdict}: {interval_text(e.mean, e.low, e.high, digits)} ({p_text(e.p_value)}, n={e.n_seeds})"

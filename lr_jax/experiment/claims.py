@@ -17,11 +17,18 @@ The claims:
 5. the number of points with a single region grows with training until
    convergence (``num_single_region`` at the end vs epoch 0, and its rank
    correlation with the epoch).
+
+:func:`check_claims` describes them (means over seeds); :func:`claim_intervals`
+tests them (:mod:`lr_jax.experiment.claim_statistics`: one-sided p-values,
+95 % intervals, raw verdicts and Holm / Benjamini-Hochberg verdicts within
+each claim's family over lr x depth x category). Claim 3's test compares the
+relative *mean* fall after epoch 0 (per seed), the descriptive table the
+fall to the mean trajectory's minimum.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
 
@@ -196,6 +203,39 @@ def _interval_row(setting: dict, claim: int, test: str, category: str, metric: s
     return {**setting, "claim": claim, "test": test, "category": category, "metric": metric, **e._asdict()}
 
 
+def family(row: dict) -> str:
+    """The family of tests a claim-test row is corrected within (over lr x depth x category).
+
+    Each half of claims 1 and 2 and claim 5 is a family (its test name);
+    claim 3's data-minus-random comparisons form one, as do claim 4's.
+    """
+    if row["claim"] == 3:
+        return "3: relative mean fall, data minus random"
+    if row["claim"] == 4:
+        return "4: train minus random"
+    return f"{row['claim']}: {row['test']}"
+
+
+def with_corrections(rows: Sequence[dict], alpha: float = cs.ALPHA) -> list[dict]:
+    """``rows`` with Holm and Benjamini-Hochberg adjusted p-values and verdicts, per family.
+
+    A family is one :func:`family` of one ``measure`` (and one ``setting``
+    when the rows carry it): the claim's tests over every lr, depth and
+    category of the sweep. Adds ``family``, ``p_holm``, ``held_holm``
+    (family-wise error at ``alpha``), ``p_bh`` and ``held_bh``
+    (false-discovery rate at ``alpha``).
+    """
+    out = [dict(r, family=family(r)) for r in rows]
+    groups: dict[tuple, list[int]] = {}
+    for i, r in enumerate(out):
+        groups.setdefault((r.get("setting"), r.get("measure"), r["family"]), []).append(i)
+    for idx in groups.values():
+        p = [out[i]["p_value"] for i in idx]
+        for i, h, b in zip(idx, cs.holm(p), cs.benjamini_hochberg(p)):
+            out[i].update(p_holm=float(h), held_holm=bool(h <= alpha), p_bh=float(b), held_bh=bool(b <= alpha))
+    return out
+
+
 # The local-complexity measures claims 1, 3, 4 and 5 can be judged on, and the matching
 # single-region count of claim 5: Algorithm 1's C on every point, the exact count on the
 # counted subset (bound=sandwich), and C on that same subset (to tell a subset effect apart).
@@ -211,11 +251,14 @@ MEASURE_NAMES = {
 }
 
 
-def claim_intervals(rows: Sequence[dict], metric: str = "mean_log2_bound") -> list[dict]:
-    """Each claim as a per-seed statistic with a 95 % bootstrap interval (:mod:`claim_statistics`).
+def claim_intervals(rows: Sequence[dict], metric: str = "mean_log2_bound", *, seed: int = 0) -> list[dict]:
+    """Each claim as a calibrated test with its 95 % interval (:mod:`claim_statistics`).
 
-    A claim holds for a (lr, depth) only when its interval excludes zero in
-    the claimed direction. ``metric`` is the local-complexity measure judged
+    A test holds for a (lr, depth, category) when its one-sided p-value is
+    at most 0.025 (equivalently, its interval excludes zero in the claimed
+    direction); beside that raw verdict each row carries the Holm and
+    Benjamini-Hochberg verdicts within the claim's family
+    (:func:`with_corrections`). ``metric`` is the local-complexity measure judged
     in claims 1, 3 and 4: ``mean_log2_bound`` (mean ``C``), or
     ``exact_mean_log2_count`` (mean log2 of the exact count on the counted
     subset) or ``exact_subset_mean_log2_bound`` (mean ``C`` on that subset)
@@ -226,9 +269,50 @@ def claim_intervals(rows: Sequence[dict], metric: str = "mean_log2_bound") -> li
     Returns:
       One dict per (lr, depth, claim, test, category) with the
       :class:`~lr_jax.experiment.claim_statistics.Estimate` fields, the
-      ``metric`` the test reads and the ``measure`` judged (the argument);
-      empty when the rows lack ``metric``.
+      ``metric`` the test reads, the ``measure`` judged (the argument) and
+      the corrections; empty when the rows lack ``metric``. ``seed`` keys
+      the within-seed permutations (claims 1 and 2).
     """
+    out = [_interval_row(t.setting, t.claim, t.test, t.category, t.metric, t.run(seed=seed))
+           for t in claim_tests(rows, metric)]
+    return with_corrections([{**r, "measure": metric} for r in out])
+
+
+class ClaimTest(NamedTuple):
+    """One claim test of one (lr, depth): what it reads and how it is computed.
+
+    Attributes:
+      setting: ``{"lr", "depth"}``.
+      claim: 1-5.
+      test: its name in the tables.
+      category: the category (claims 3 and 4: the data category).
+      metric: the metric read.
+      arrays: the ``[S, E]`` trajectories the test reads (same seeds).
+      fn: ``fn(*arrays, seed=...) -> Estimate``.
+    """
+
+    setting: dict
+    claim: int
+    test: str
+    category: str
+    metric: str
+    arrays: tuple
+    fn: Callable
+
+    def run(self, seed: int = 0, **kwargs) -> cs.Estimate:
+        return self.fn(*self.arrays, seed=seed, **kwargs)
+
+
+def _first(f):
+    return lambda *a, **k: f(*a, **k)[0]
+
+
+def _second(f):
+    return lambda *a, **k: f(*a, **k)[1]
+
+
+def claim_tests(rows: Sequence[dict], metric: str = "mean_log2_bound") -> list[ClaimTest]:
+    """Every claim test of :func:`claim_intervals`, not yet computed (empty when the rows lack ``metric``)."""
     if not any(metric in r and r[metric] is not None for r in rows):
         return []
     out = []
@@ -240,37 +324,75 @@ def claim_intervals(rows: Sequence[dict], metric: str = "mean_log2_bound") -> li
                 return _trajectories(rows, lr, depth, cat, m)[1]
 
             for cat in CATEGORIES:
-                drop, rise = cs.dip_then_rise(traj(cat, metric))
-                out.append(_interval_row(setting, 1, "drop to the minimum", cat, metric, drop))
-                out.append(_interval_row(setting, 1, "rise after the minimum", cat, metric, rise))
+                v = (traj(cat, metric),)
+                out.append(ClaimTest(setting, 1, "drop to the minimum", cat, metric, v, _first(cs.dip_then_rise)))
+                out.append(ClaimTest(setting, 1, "rise after the minimum", cat, metric, v, _second(cs.dip_then_rise)))
                 if metric == "mean_log2_bound":
-                    up, down = cs.rise_then_dip(traj(cat, "mean_single_region_radius"))
-                    out.append(_interval_row(setting, 2, "rise to the maximum", cat, "mean_single_region_radius", up))
-                    out.append(_interval_row(setting, 2, "fall after the maximum", cat, "mean_single_region_radius", down))
+                    r = (traj(cat, "mean_single_region_radius"),)
+                    m = "mean_single_region_radius"
+                    out.append(ClaimTest(setting, 2, "rise to the maximum", cat, m, r, _first(cs.rise_then_dip)))
+                    out.append(ClaimTest(setting, 2, "fall after the maximum", cat, m, r, _second(cs.rise_then_dip)))
                 single = SINGLE_REGION_METRIC.get(metric)
                 if single is not None:
-                    out.append(_interval_row(setting, 5, "growth, first to last epoch", cat, single, cs.growth(traj(cat, single))))
+                    out.append(ClaimTest(setting, 5, "growth, first to last epoch", cat, single, (traj(cat, single),),
+                                         cs.growth))
             for clear in CATEGORIES[:2]:
                 for random in CATEGORIES[2:]:
-                    e = cs.clearer_trend(traj(clear, metric), traj(random, metric))
-                    out.append(_interval_row(setting, 3, f"relative drop, {clear} minus {random}", clear, metric, e))
+                    out.append(ClaimTest(setting, 3, f"relative mean fall, {clear} minus {random}", clear, metric,
+                                         (traj(clear, metric), traj(random, metric)), cs.clearer_trend))
             for random in CATEGORIES[2:]:
-                e = cs.paired_difference(traj("train", metric), traj(random, metric))
-                out.append(_interval_row(setting, 4, f"train minus {random}", "train", metric, e))
-    return [{**r, "measure": metric} for r in out]
+                out.append(ClaimTest(setting, 4, f"train minus {random}", "train", metric,
+                                     (traj("train", metric), traj(random, metric)), cs.paired_difference))
+    return out
+
+
+def verdict_stability(rows: Sequence[dict], metric: str = "mean_log2_bound", keys: Sequence[int] = range(5)) -> dict:
+    """How many verdicts change when the permutations are drawn with another key.
+
+    Recomputes :func:`claim_intervals` with every key in ``keys`` (only the
+    within-seed permutation tests of claims 1 and 2 use one; the sign-flip
+    tests are exact up to 16 seeds) and counts the tests whose raw, Holm or
+    Benjamini-Hochberg verdict is not the same under every key.
+
+    Returns:
+      ``{"tests", "keys", "raw", "holm", "bh", "max_p_spread"}``: the
+      number of tests, the keys, the changed verdicts of each kind, and the
+      largest range of one test's p-value over the keys.
+    """
+    runs = [claim_intervals(rows, metric, seed=k) for k in keys]
+    if not runs or not runs[0]:
+        return {"tests": 0, "keys": list(keys), "raw": 0, "holm": 0, "bh": 0, "max_p_spread": 0.0}
+    out = {"tests": len(runs[0]), "keys": list(keys)}
+    for name, field in (("raw", "held"), ("holm", "held_holm"), ("bh", "held_bh")):
+        out[name] = sum(len({run[i][field] for run in runs}) > 1 for i in range(len(runs[0])))
+    spreads = [np.ptp([run[i]["p_value"] for run in runs]) for i in range(len(runs[0]))]
+    out["max_p_spread"] = float(np.nanmax(spreads)) if spreads else 0.0
+    return out
 
 
 def intervals_markdown(intervals: Sequence[dict], title: str) -> str:
-    """One table: every claim's test per (lr, depth), with its mean, 95 % interval and verdict."""
+    """One table: every claim's test per (lr, depth), with its estimate, 95 % interval, p-value and
+    verdicts (raw, Holm, Benjamini-Hochberg within the claim's family), then the counts per family."""
     if not intervals:
         return ""
-    head = ["claim", "lr", "depth", "test", "category", "metric", "mean over seeds [95 % CI]", "verdict"]
+    head = ["claim", "lr", "depth", "test", "category", "metric", "estimate [95 % CI]", "one-sided p",
+            "raw", "Holm", "BH"]
     lines = [f"### {title}", "", "| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+
+    def verdict(h):
+        return "held" if h else "not held"
+
     for r in sorted(intervals, key=lambda r: (r["claim"], -r["lr"], r["depth"])):
-        e = cs.Estimate(*(r[k] for k in cs.Estimate._fields))
-        ci = cs.interval_text(e.mean, e.low, e.high)
+        ci = cs.interval_text(r["mean"], r["low"], r["high"])
         lines.append(f"| {r['claim']} | {r['lr']} | {r['depth']} | {r['test']} | {r['category']} | {r['metric']} | "
-                     f"{ci} | {'held' if e.held else 'not held'} ({e.n_seeds} seeds) |")
+                     f"{ci} | {cs.p_text(r['p_value']).removeprefix('p=').removeprefix('p')} | {verdict(r['held'])} ({r['n_seeds']} seeds) | "
+                     f"{verdict(r['held_holm'])} | {verdict(r['held_bh'])} |")
+    lines += ["", "Tests held per family (raw / Holm / Benjamini-Hochberg, each at one-sided 0.025):", "",
+              "| family | tests | raw | Holm | BH |", "| --- | --- | --- | --- | --- |"]
+    for fam in dict.fromkeys(r["family"] for r in sorted(intervals, key=lambda r: r["claim"])):
+        rows = [r for r in intervals if r["family"] == fam]
+        lines.append(f"| {fam} | {len(rows)} | {sum(r['held'] for r in rows)} | {sum(r['held_holm'] for r in rows)} | "
+                     f"{sum(r['held_bh'] for r in rows)} |")
     lines.append("")
     return "\n".join(lines)
 

@@ -3,9 +3,9 @@
 Each sweep is one setting (the default, or one choice changed: input scale,
 width, batch size, initialisation, training length; ``configs/robustness/``).
 Every claim is judged per setting with :func:`lr_jax.experiment.claims.claim_intervals`
-(a per-seed statistic, a 95 % bootstrap interval over seeds, "held" only when
-the interval excludes zero in the claimed direction), and the verdicts are
-laid out claim x setting. Pure functions of the sweeps' metrics rows.
+(a calibrated one-sided test at 0.025 with the 95 % interval that inverts it,
+and the Holm-corrected verdict within each claim's family of one setting),
+and the verdicts are laid out claim x setting. Pure functions of the sweeps' metrics rows.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ KEY_TESTS = (
     (1, "rise after the minimum", "train"),
     (2, "rise to the maximum", "train"),
     (2, "fall after the maximum", "train"),
-    (3, "relative drop, train minus random1", "train"),
+    (3, "relative mean fall, train minus random1", "train"),
     (4, "train minus random1", "train"),
     (5, "growth, first to last epoch", "train"),
 )
@@ -49,13 +49,22 @@ def setting_intervals(settings: Mapping[str, Sequence[dict]], metric: str = "mea
     return [{"setting": name, **r} for name, rows in settings.items() for r in claim_intervals(rows, metric)]
 
 
-def verdict_counts(intervals: Sequence[dict]) -> list[dict]:
+DATA_CATEGORIES = ("train", "test")
+
+
+def verdict_counts(intervals: Sequence[dict], categories: Sequence[str] | None = None) -> list[dict]:
     """Per claim statement, setting and learning rate, in how many (depth, category) tests the claim held.
 
+    Args:
+      intervals: :func:`setting_intervals` rows.
+      categories: count only the tests of these categories (claims 3 and 4
+        name a data category: train or test); None counts every test.
+
     Returns:
-      ``{"claim", "setting", "lr", "held", "tests"}`` per (statement of
-      :data:`CLAIM_TESTS`, setting, lr), settings in their first-seen order,
-      learning rates from the largest.
+      ``{"claim", "setting", "lr", "held", "held_holm", "tests"}`` per
+      (statement of :data:`CLAIM_TESTS`, setting, lr): raw verdicts and
+      Holm-corrected ones (within the claim's family of the setting),
+      settings in their first-seen order, learning rates from the largest.
     """
     settings = list(dict.fromkeys(r["setting"] for r in intervals))
     lrs = sorted({r["lr"] for r in intervals}, reverse=True)
@@ -64,9 +73,10 @@ def verdict_counts(intervals: Sequence[dict]) -> list[dict]:
         for s in settings:
             for lr in lrs:
                 rows = [r for r in intervals if r["setting"] == s and r["lr"] == lr and r["claim"] == claim
-                        and (test is None or r["test"] == test)]
+                        and (test is None or r["test"] == test)
+                        and (categories is None or r["category"] in categories)]
                 out.append({"claim": label, "setting": s, "lr": lr, "held": sum(bool(r["held"]) for r in rows),
-                            "tests": len(rows)})
+                            "held_holm": sum(bool(r.get("held_holm")) for r in rows), "tests": len(rows)})
     return out
 
 
@@ -74,9 +84,10 @@ def robustness_markdown(intervals: Sequence[dict], title: str = "How robust are 
     """Two markdown tables of :func:`setting_intervals`' rows.
 
     First claim x setting with the number of (depth, category) tests in
-    which the claim held at each learning rate; then, per (lr, depth), each key test
-    (:data:`KEY_TESTS`) x setting with the mean over seeds, its 95 % interval
-    and the verdict.
+    which the claim held at each learning rate, raw and after Holm's
+    correction, over every category, then over the data categories and over
+    the random ones apart; then, per (lr, depth), each key test (:data:`KEY_TESTS`) x
+    setting with its estimate, 95 % interval and raw verdict.
     """
     if not intervals:
         return ""
@@ -84,14 +95,24 @@ def robustness_markdown(intervals: Sequence[dict], title: str = "How robust are 
     lrs = sorted({r["lr"] for r in intervals}, reverse=True)
     lines = [f"### {title}", "",
              "Tests held, per learning rate (" + " / ".join(f"lr {lr:g}" for lr in lrs) + "), over depths and "
-             "categories; a test holds when its 95 % interval excludes zero in the claimed direction:", ""]
-    lines += ["| claim | " + " | ".join(settings) + " |", "|" + " --- |" * (len(settings) + 1)]
-    counts = {(c["claim"], c["setting"], c["lr"]): c for c in verdict_counts(intervals)}
-    for label in CLAIM_TESTS:
-        cells = [" / ".join(f"{counts[(label, s, lr)]['held']}/{counts[(label, s, lr)]['tests']}" for lr in lrs)
-                 for s in settings]
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    lines += ["", "Key tests, mean over seeds [95 % interval]; **bold** = held:", ""]
+             "categories, as raw (Holm) counts: raw, a test holds when its one-sided p-value is at most 0.025 "
+             "(its 95 % interval excludes zero in the claimed direction); Holm, after Holm's correction within "
+             "the claim's family of the setting (lr x depth x category):", ""]
+    random_categories = tuple(sorted({r["category"] for r in intervals} - set(DATA_CATEGORIES)))
+    for name, cats in (("every category", None), ("data categories (train, test)", DATA_CATEGORIES),
+                       ("random categories (" + ", ".join(random_categories) + ")", random_categories)):
+        counts = {(c["claim"], c["setting"], c["lr"]): c for c in verdict_counts(intervals, cats)}
+        labels = [label for label in CLAIM_TESTS if any(counts[(label, s, lr)]["tests"] for s in settings for lr in lrs)]
+        if not labels:
+            continue
+        lines += [f"{name.capitalize()}:", ""]
+        lines += ["| claim | " + " | ".join(settings) + " |", "|" + " --- |" * (len(settings) + 1)]
+        for label in labels:
+            cells = [" / ".join(f"{counts[(label, s, lr)]['held']} ({counts[(label, s, lr)]['held_holm']})"
+                                f"/{counts[(label, s, lr)]['tests']}" for lr in lrs) for s in settings]
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        lines.append("")
+    lines += ["Key tests, estimate [95 % interval]; **bold** = held (raw), * = held after Holm:", ""]
     lines += ["| claim | lr | depth | test | " + " | ".join(settings) + " |", "|" + " --- |" * (len(settings) + 4)]
     index = {(r["setting"], r["claim"], r["test"], r["category"], r["lr"], r["depth"]): r for r in intervals}
     pairs = sorted({(r["lr"], r["depth"]) for r in intervals}, key=lambda p: (-p[0], p[1]))
@@ -104,7 +125,8 @@ def robustness_markdown(intervals: Sequence[dict], title: str = "How robust are 
                     cells.append("")
                     continue
                 text = interval_text(r["mean"], r["low"], r["high"])
-                cells.append(f"**{text}**" if r["held"] else text)
+                text = f"**{text}**" if r["held"] else text
+                cells.append(text + (" *" if r.get("held_holm") else ""))
             lines.append(f"| {claim} | {lr:g} | {depth} | {test} ({category}) | " + " | ".join(cells) + " |")
     lines.append("")
     return "\n".join(lines)

@@ -158,7 +158,8 @@ def _complete_job_rows(job_dir: Path, keys: list[tuple], fix: str) -> list[dict]
 
 def _check_stacked_rows(rows: list, seeds: list, path: Path, fix: str) -> None:
     """Refuses a stacked job whose rows do not name exactly its seeds (one line)."""
-    found = sorted({r.get("seed") for r in rows}, key=str)
+    # Numbers in numeric order (seed 10 after seed 9), anything else (a missing seed) after them.
+    found = sorted({r.get("seed") for r in rows}, key=lambda s: (not isinstance(s, int), s if isinstance(s, int) else 0, str(s)))
     if found != seeds:
         raise RunFileError(f"{path}: rows hold seeds {found}, not the job's seeds {seeds}; {fix}.")
 

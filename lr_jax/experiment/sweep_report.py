@@ -3,7 +3,9 @@
 One sweep: ``summary.csv`` (:func:`lr_jax.experiment.sweep.summarise`),
 ``missing_jobs.json``, ``claims.json`` and ``claim_intervals.json``, and
 ``claims.md``: the paper's five observations per (lr, depth), then each as a
-per-seed statistic with a 95 % interval over seeds, on Algorithm 1's bound
+calibrated test (one-sided p-value, 95 % interval, raw verdict and the Holm
+and Benjamini-Hochberg verdicts within the claim's family, and how many
+verdicts change with other permutation keys), on Algorithm 1's bound
 and, when the runs counted regions (``bound=sandwich``), on the exact counts
 and on the bound restricted to the counted points, with a table of where the
 verdicts agree; and the Figure 3 images (:func:`lr_jax.experiment.plots.plot_figure3`).
@@ -28,6 +30,7 @@ from lr_jax.experiment.claims import (
     claim_intervals,
     claims_markdown,
     intervals_markdown,
+    verdict_stability,
 )
 from lr_jax.experiment.plots import plot_figure3, plot_settings_grid
 from lr_jax.experiment.robustness import robustness_markdown, setting_intervals
@@ -50,8 +53,11 @@ def _write_text(path: Path, text: str) -> Path:
     return path
 
 
-def report_sweep(multirun_dir: str | Path, out: str | Path | None = None) -> SweepReport:
+def report_sweep(multirun_dir: str | Path, out: str | Path | None = None, *, stability: bool = True) -> SweepReport:
     """Writes the report files of one sweep folder into ``out`` (default: the folder).
+
+    With ``stability``, ``claims.md`` also says how many verdicts change
+    when the permutations are drawn with keys 0-4 (:func:`verdict_stability`).
 
     Raises:
       FileNotFoundError: no such folder.
@@ -75,9 +81,14 @@ def report_sweep(multirun_dir: str | Path, out: str | Path | None = None) -> Swe
     for m, name in MEASURE_NAMES.items():
         text += intervals_markdown([r for r in intervals if r["measure"] == m],
                                    f"Verdicts with 95 % intervals over seeds ({name})")
+        if stability and any(r["measure"] == m for r in intervals):
+            st = verdict_stability(runs.rows, m)
+            text += (f"Stability ({name}): with permutation keys {st['keys'][0]}-{st['keys'][-1]} instead of key 0, "
+                     f"{st['raw']} of {st['tests']} raw verdicts change, {st['holm']} Holm and {st['bh']} BH "
+                     f"verdicts; the largest spread of one p-value is {st['max_p_spread']:.4f}.\n\n")
     text += agreement_markdown(intervals)
     written.append(_write_text(out / "claims.md", text))
-    written += plot_figure3(summary, out)
+    written += plot_figure3(runs.rows, out)
     return SweepReport(runs, summary, written)
 
 
@@ -92,7 +103,7 @@ def report_settings(reports: dict[str, SweepReport], out: str | Path) -> list[Pa
     intervals = setting_intervals({name: r.runs.rows for name, r in reports.items()})
     written = [_write_text(out / "robustness_intervals.json", json.dumps(intervals, indent=2) + "\n")]
     written.append(_write_text(out / "robustness.md", robustness_markdown(intervals)))
-    written += plot_settings_grid({name: r.summary for name, r in reports.items()}, out)
+    written += plot_settings_grid({name: r.runs.rows for name, r in reports.items()}, out)
     return written
 
 
