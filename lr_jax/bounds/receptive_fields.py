@@ -265,7 +265,14 @@ def _starts(window: Window, plan: Plan, pos: tuple) -> jax.Array:
     return jnp.stack(cols, axis=-1)
 
 
-def block_bounds(model: Model, plan: Plan, kmaps: dict, padded: dict, offset_t: jax.Array, radius, idx: jax.Array):
+def one_sided(lower: jax.Array, side: jax.Array):
+    """``(lo, hi)`` from the lower bounds of ``side * z``: one side bounded, the other infinite."""
+    inf = jnp.asarray(jnp.inf, lower.dtype)
+    return jnp.where(side > 0, lower, -inf), jnp.where(side < 0, -lower, inf)
+
+
+def block_bounds(model: Model, plan: Plan, kmaps: dict, padded: dict, offset_t: jax.Array, radius, idx: jax.Array,
+                 side: jax.Array | None = None):
     """Lower and upper bounds of the neurons ``idx`` ``[B]`` (flat) of layer ``plan.target``.
 
     Args:
@@ -279,6 +286,8 @@ def block_bounds(model: Model, plan: Plan, kmaps: dict, padded: dict, offset_t: 
       offset_t: ``[n_t]`` the target map's constant.
       radius: scalar.
       idx: ``[B]`` int.
+      side: None for both bounds; else ``[B]`` of +1 / -1, only the lower
+        (+1) or upper (-1) bound of each neuron (the other infinite).
 
     Returns:
       ``([B], [B])``: the lower and upper bounds, as the dense pass of
@@ -291,9 +300,12 @@ def block_bounds(model: Model, plan: Plan, kmaps: dict, padded: dict, offset_t: 
         tuple(jnp.zeros_like(pos[a]) if a in plan.spatial else pos[a] for a in range(len(shape_t))),
         plan.slab, mode="clip",
     )
-    # Axis 0: the row of +z_j (its lower bound) and of -z_j (minus its upper bound); the windows
-    # gathered once per neuron serve both.
-    sign = jnp.asarray([1.0, -1.0], offset_t.dtype)[:, None, None]
+    # Axis 0: the row of +z_j (its lower bound) and of -z_j (minus its upper bound), or one row
+    # side_j z_j; the windows gathered once per neuron serve both.
+    if side is None:
+        sign = jnp.asarray([1.0, -1.0], offset_t.dtype)[:, None, None]
+    else:
+        sign = side.astype(offset_t.dtype)[None, :, None]
     coef: dict = {}
     for s in model.nodes[t - 1].sources:
         coef[s] = sign * kmaps[(s, t)][feature][None]
@@ -312,4 +324,6 @@ def block_bounds(model: Model, plan: Plan, kmaps: dict, padded: dict, offset_t: 
     w0 = _gather(padded[0], _starts(plan.windows[0], plan, pos), plan.windows[0])[None]
     c0 = coef[0] * w0[..., 1]  # positions past the input's border are padding, not directions
     lower = jnp.sum(c0 * w0[..., 0], axis=-1) + const - radius * safe_norm(c0)
+    if side is not None:
+        return one_sided(lower[0], side)
     return lower[0], -lower[1]
