@@ -419,6 +419,10 @@ def lenet_main(n_points: int, repeats: int) -> None:
 # --conv: paper and tight on convolutional nets, one fresh process per (net, method)
 
 
+# Points (x 4 radii) per net: enough that a timed call of the fastest method takes a good fraction of a second.
+_CONV_POINTS = {"LeNet-5": 16, "residual CNN": 128, "conv + BatchNorm": 256, "Flax MNIST CNN": 4, "LeNet-5 (Equinox)": 16}
+
+
 def conv_child(name: str, method: str, n_points: int, repeats: int) -> dict:
     """One (net, method) cell of the ``--conv`` table, measured in this fresh process.
 
@@ -496,7 +500,7 @@ def conv_main(args) -> None:
     print(f"{'net':18s} {'ReLUs':>7s} {'pairs':>6s} {'paper s/1k':>11s} {'tight s/1k':>11s} {'tight/paper':>12s} "
           f"{'paper RSS/ball':>15s} {'tight RSS/ball':>15s} {'mean C paper':>13s} {'mean C tight':>13s} {'mean log2 tight':>16s}")
     for name in names:
-        points = args.conv_points if name != "Flax MNIST CNN" else max(1, args.conv_points // 4)
+        points = args.conv_points or _CONV_POINTS[name]
         cells = {m: _child_json(["--conv-child", name, "--conv-method", m, "--conv-points", str(points),
                                  "--repeats", str(args.repeats)]) for m in ("paper", "tight")}
         p, t = cells["paper"], cells["tight"]
@@ -508,7 +512,7 @@ def conv_main(args) -> None:
     if not args.conv_nets or "LeNet-5 (Equinox)" in args.conv_nets.split(","):
         # The same LeNet-5 written channels first (Equinox, NCHW): the paper bound against the linen row.
         e = _child_json(["--conv-child", "LeNet-5 (Equinox)", "--conv-method", "paper", "--conv-points",
-                         str(args.conv_points), "--repeats", str(args.repeats)])
+                         str(args.conv_points or _CONV_POINTS["LeNet-5 (Equinox)"]), "--repeats", str(args.repeats)])
         print(f"{'LeNet-5 (Equinox)':18s} {e['relus']:7d} {e['pairs']:6d} {e['seconds_per_1k_pairs']:11.2f} "
               f"{'':11s} {'':12s} {e['peak_rss_one_ball'] / 2**30:11.2f} GiB {'':15s} {e['mean_c']:13.1f}   (channels first)")
         rows.append({"paper": e})
@@ -540,7 +544,7 @@ def main():
     p.add_argument("--lenet", action="store_true", help="LeNet-5: traced vs dense matrices (see above)")
     p.add_argument("--lenet-points", type=int, default=4, help="--lenet: points (x 4 radii)")
     p.add_argument("--conv", action="store_true", help="paper vs tight on four conv nets: s/1k pairs, peak RSS per ball")
-    p.add_argument("--conv-points", type=int, default=8, help="--conv: points (x 4 radii); a quarter for the Flax CNN")
+    p.add_argument("--conv-points", type=int, default=0, help="--conv: points (x 4 radii) for every net (default: per net)")
     p.add_argument("--conv-nets", default="", help="--conv: comma-separated subset of the nets")
     p.add_argument("--conv-step", action="store_true", help="--conv: also the jitted training step's peak RSS")
     p.add_argument("--conv-child", default=None, help=argparse.SUPPRESS)
