@@ -78,7 +78,7 @@ def test_radius_and_log2_legends_hide_no_line(tmp_path, monkeypatch):
         return []
 
     monkeypatch.setattr(plots, "_save_figure", keep)
-    plot_figure3(summarise(_rows(0.02) + _rows(0.001) + _rows(0.02, depth=3)), tmp_path)
+    plot_figure3(_rows(0.02) + _rows(0.001) + _rows(0.02, depth=3), tmp_path)
     for stem in ("figure3_radius", "figure3_log2"):
         fig = saved[stem]
         renderer = fig.canvas.get_renderer()
