@@ -132,7 +132,7 @@ def plan_for(model: Model, t: int) -> Plan | None:
     shape_t = tuple(model.nodes[t - 1].shape)
     shapes = {k: tuple(model.nodes[k - 1].shape) for k in layers}
     shapes[0] = tuple(model.input_shape)
-    below = [k for k in reach]  # layers below t and the input
+    below = reach  # the layers below t and the input (0)
     p0 = tuple(n // 2 for n in shape_t)
     probes = [p0]
     for a, n in enumerate(shape_t):

@@ -104,7 +104,6 @@ rounding of that test may be classified either way in float32 (enable
 
 from __future__ import annotations
 
-import math
 from typing import NamedTuple
 
 import jax
