@@ -10,6 +10,9 @@ Public API (stable):
   point to its nearest region boundary.
 * :func:`sample_regions`: a lower bound (distinct activation patterns found by
   sampling the ball and walking chords exactly).
+* :func:`frame_complexity`, :class:`FrameComplexity`: the cross-polytope
+  estimate of Humayun et al. (neurons whose sign changes among the vertices
+  ``x +- r u_i``), a lower estimate of ``C``.
 * :func:`count_regions`, :class:`RegionCount`: the exact number of regions
   meeting a ball, for small networks (needs ``clarabel``; imported lazily).
 * :func:`trace_network`, :class:`Network`: any piecewise-linear ReLU network
@@ -23,6 +26,7 @@ Public API (stable):
 """
 
 from lr_jax.bounds.core import LocalBound
+from lr_jax.bounds.frame_complexity import FrameComplexity, frame_complexity
 from lr_jax.bounds.local_bound import local_bound, local_bounds, tight_bounds
 from lr_jax.bounds.sampled_regions import sample_regions
 from lr_jax.bounds.single_region_radius import SingleRegionRadius, single_region_radius
@@ -63,11 +67,13 @@ def __getattr__(name):
 
 
 __all__ = [
+    "FrameComplexity",
     "LocalBound",
     "Network",
     "RegionCount",
     "SingleRegionRadius",
     "count_regions",
+    "frame_complexity",
     "layers_from_flax",
     "layers_from_nnx",
     "layers_from_numpy",
