@@ -111,8 +111,9 @@ def local_bounds(
         the bound propagation bounds together (default
         ``lr_jax.bounds.tight_bound.NEURON_BLOCK``, 128). Its memory per
         (point, radius) pair grows with the block times the width of the
-        earlier layers, never with the square of a layer's width; layers of
-        at most this many neurons are bounded whole.
+        earlier layers, never with the square of a layer's width; only the
+        neurons Algorithm 1 leaves unstable are bounded (a Dense chain's
+        layers of at most this many neurons whole).
 
     Returns:
       :class:`LocalBound` whose fields have leading axes ``[N, R]``; masks

@@ -132,7 +132,6 @@ def plan_for(model: Model, t: int) -> Plan | None:
     shape_t = tuple(model.nodes[t - 1].shape)
     shapes = {k: tuple(model.nodes[k - 1].shape) for k in layers}
     shapes[0] = tuple(model.input_shape)
-    below = reach  # the layers below t and the input (0)
     p0 = tuple(n // 2 for n in shape_t)
     probes = [p0]
     for a, n in enumerate(shape_t):
@@ -144,12 +143,12 @@ def plan_for(model: Model, t: int) -> Plan | None:
     for i, p in enumerate(probes):
         rows[(i,) + p] = 1.0
     coef = _support(model, t, layers, rows)
-    boxes = {k: _boxes(coef[k]) for k in below}
-    if any(b is None for k in below for b in boxes[k]):
+    boxes = {k: _boxes(coef[k]) for k in reach}
+    if any(b is None for k in reach for b in boxes[k]):
         return None
-    shifts = {k: [] for k in below}  # per target axis, the box move per axis of k
+    shifts = {k: [] for k in reach}  # per target axis, the box move per axis of k
     for a, n in enumerate(shape_t):
-        for k in below:
+        for k in reach:
             if n == 1:
                 shifts[k].append((0,) * len(shapes[k]))
                 continue
@@ -166,7 +165,7 @@ def plan_for(model: Model, t: int) -> Plan | None:
                 if tuple(e1 - e0 for e1, e0 in zip(upper[1], centre[1])) != step:
                     return None
             shifts[k].append(step)
-    spatial = tuple(a for a in range(len(shape_t)) if any(any(shifts[k][a]) for k in below))
+    spatial = tuple(a for a in range(len(shape_t)) if any(any(shifts[k][a]) for k in reach))
     if not spatial:
         return None
     slab = tuple(1 if a in spatial else n for a, n in enumerate(shape_t))
@@ -174,7 +173,7 @@ def plan_for(model: Model, t: int) -> Plan | None:
     slab_rows[(0,) + tuple(slice(p0[a], p0[a] + 1) if a in spatial else slice(None) for a in range(len(shape_t)))] = 1.0
     slab_cover = _support(model, t, layers, slab_rows)
     windows = {}
-    for k in below:
+    for k in reach:
         start, end = _boxes(slab_cover[k])[0]
         size = tuple(e - s + 1 for s, e in zip(start, end))
         moving = [any(shifts[k][a][b] for a in spatial) for b in range(len(shapes[k]))]
@@ -265,6 +264,20 @@ def _starts(window: Window, plan: Plan, pos: tuple) -> jax.Array:
     return jnp.stack(cols, axis=-1)
 
 
+def relax_rows(c: jax.Array, lower_slope, upper_slope, upper_offset):
+    """Coefficient rows on ``relu(z_k)`` moved onto ``z_k`` through CROWN's relaxation.
+
+    A lower bound of ``c * relu(z)`` takes the lower relaxation where
+    ``c >= 0`` and the upper one (with its offset) where ``c < 0``.
+
+    Returns:
+      ``(rows on z_k, constant [...])``: the constant is summed over the last axis.
+    """
+    positive = c >= 0
+    const = jnp.sum(jnp.where(positive, 0.0, c * upper_offset), axis=-1)
+    return jnp.where(positive, c * lower_slope, c * upper_slope), const
+
+
 def one_sided(lower: jax.Array, side: jax.Array):
     """``(lo, hi)`` from the lower bounds of ``side * z``: one side bounded, the other infinite."""
     inf = jnp.asarray(jnp.inf, lower.dtype)
@@ -313,11 +326,8 @@ def block_bounds(model: Model, plan: Plan, kmaps: dict, padded: dict, offset_t: 
     for k in plan.layers[1:]:
         c = coef.pop(k)  # [2, B, |B_k|]
         w = _gather(padded[k], _starts(plan.windows[k], plan, pos), plan.windows[k])[None]
-        positive = c >= 0
-        # As the dense pass: the lower relaxation where c >= 0, the upper one where c < 0.
-        const = const + jnp.sum(jnp.where(positive, 0.0, c * w[..., 2]), axis=-1)
-        c = jnp.where(positive, c * w[..., 0], c * w[..., 1])
-        const = const + jnp.sum(c * w[..., 3], axis=-1)
+        c, added = relax_rows(c, w[..., 0], w[..., 1], w[..., 2])
+        const = const + added + jnp.sum(c * w[..., 3], axis=-1)
         for s in model.nodes[k - 1].sources:
             moved = matmul(c, kmaps[(s, k)])
             coef[s] = coef[s] + moved if s in coef else moved

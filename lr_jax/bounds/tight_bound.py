@@ -205,10 +205,8 @@ def _backward_bounds(model: Model, relax: dict, offsets: dict, t: int, x, radius
         rk = relax[k]
         shape = c.shape
         c = c.reshape(shape[0], -1)
-        positive = c >= 0
-        # Lower bound of c * relu(z): the lower relaxation where c >= 0, the upper one where c < 0.
-        const = const + jnp.sum(jnp.where(positive, 0.0, c * rk.upper_offset), axis=-1)
-        c = jnp.where(positive, c * rk.lower_slope, c * rk.upper_slope)  # now on z_k
+        c, added = receptive_fields.relax_rows(c, rk.lower_slope, rk.upper_slope, rk.upper_offset)  # now on z_k
+        const = const + added
         const = push(k, c.reshape(shape), const)
     c0 = coef[0].reshape(const.shape[0], -1)  # on the input, [2B, d] (or [B, d])
     lower = matmul(c0, x) + const - radius * safe_norm(c0)
@@ -285,19 +283,18 @@ def input_norms(model: Model) -> dict:
     """``||M_{0,t}[:, j]||`` for every layer that reads only the input (once per call).
 
     Such a layer is affine in ``x``: ``A_j -+ r ||M_{0,t}[:, j]||`` are its exact
-    bounds on the ball, with no backward pass. Computed from the map applied to
-    the ``d`` input directions (``[d, *shape_t]``), never from ``[n_t, n_t]``.
+    bounds on the ball, with no backward pass. The norms are those of
+    Algorithm 1's input maps (the map applied to the ``d`` input directions,
+    :func:`lr_jax.bounds.algorithm1.input_maps`), never of an ``[n_t, n_t]`` matrix.
     """
-    out = {}
     if model.dense is not None:
         W = model.dense[0][0]
-        return {1: safe_norm(W, axis=0)}
-    eye = jnp.eye(model.d, dtype=model.dtype).reshape((model.d,) + model.input_shape)
-    for t, node in enumerate(model.nodes, start=1):
-        if node.sources == (0,):
-            m = node.linear_d({0: eye})
-            out[t] = safe_norm(m.reshape(m.shape[0], -1), axis=0)
-    return out
+        return {1: safe_norm(W.T)}
+    return {
+        t: norm.reshape(-1)
+        for t, (_, norm) in algorithm1.input_maps(model).items()
+        if model.nodes[t - 1].sources == (0,)
+    }
 
 
 # CROWN certifies a neuron only when its bound clears 0 by this many ulps of |lo| + |hi|.
@@ -392,7 +389,7 @@ def _log2_region_bound(model: Model, unstable: list, dead: list, dtype):
     return jnp.minimum(sum(logs), total.astype(dtype))
 
 
-# Neurons bounded together by CROWN in a layer wider than this (rows of one backward pass).
+# Neurons of one layer bounded together by CROWN (the rows of one backward pass).
 NEURON_BLOCK = 128
 
 
@@ -427,9 +424,9 @@ def tight_pair(model: Model, x, preacts: list, paper: list, radius, prep: Prepar
                neuron_block: int = NEURON_BLOCK):
     """The tight bound for one centre and radius, given Algorithm 1's results for it.
 
-    ``neuron_block``: layers wider than this are bounded only on Algorithm 1's
-    unstable neurons, this many at a time (memory ``O(neuron_block * n_k)``
-    per earlier layer ``k``); narrower layers whole, in one pass.
+    ``neuron_block``: Algorithm 1's unstable neurons are bounded this many at
+    a time (memory ``O(neuron_block * n_k)`` per earlier layer ``k``); a
+    Dense chain's layers of at most this many neurons whole, in one pass.
 
     Returns:
       ``(num_unstable, log2_bound, per-layer LayerResult)``: ``S_tight`` in
