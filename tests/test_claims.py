@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -113,6 +115,13 @@ def test_exact_count_verdicts_and_their_agreement_with_the_bound():
         line = next(l for l in md.splitlines() if l.startswith("| 1 | 0.02 | 2 | drop to the minimum | train |"))
         # The bound (all points, and the subset: identical rows here) falls; the exact count only with an effect.
         assert line.endswith("| yes | yes |") is effect and line.endswith("| **no** | **no** |") is not effect
+        # The agreement count is split into both held and both not held, and the parts add up.
+        for m in ("bound C, all points", "bound C, counted subset"):
+            tail = next(l for l in md.splitlines() if l.startswith(f"The exact counts' verdict equals that of {m} in "))
+            agreeing, compared, held_both, not_both = map(int, re.findall(r"\d+", tail.split(" in ", 1)[1]))
+            assert held_both + not_both == agreeing <= compared
+            cells = [l for l in md.splitlines() if l.startswith("| ") and l.count("held:") == 3]
+            assert held_both == sum(l.count("| held:") == 3 for l in cells)  # all three measures held (identical bound rows)
     assert agreement_markdown(claim_intervals(rows)) == ""  # no exact counts: nothing to compare
 
 

@@ -409,7 +409,9 @@ def agreement_markdown(intervals: Sequence[dict], measures: Sequence[str] = tupl
     Returns:
       A markdown table with each measure's mean, interval and verdict, and per
       other measure whether its verdict is the reference's, then how many
-      agree; empty when the reference or every other measure is absent.
+      agree, split into "both held" and "both not held" (agreement on tests
+      that hold on neither is no evidence that the measures move alike);
+      empty when the reference or every other measure is absent.
       Comparing the bound on the counted subset with the exact count on it
       separates what the bound changes from what the smaller sample changes.
     """
@@ -427,7 +429,7 @@ def agreement_markdown(intervals: Sequence[dict], measures: Sequence[str] = tupl
     head = ["claim", "lr", "depth", "test", "category", *(name[m] for m in present),
             *(f"exact agrees with {name[m]}" for m in others)]
     lines = ["### Verdicts on the bound and on the exact counts", "", "| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
-    agree = {m: [0, 0] for m in others}
+    agree = {m: [0, 0, 0] for m in others}  # agreeing, compared, both held
     for key in sorted(cells, key=lambda k: (k[0], -k[1], k[2], k[3])):
         row = cells[key]
         shown = []
@@ -443,9 +445,11 @@ def agreement_markdown(intervals: Sequence[dict], measures: Sequence[str] = tupl
             same = row[m]["held"] == row[reference]["held"]
             agree[m][0] += same
             agree[m][1] += 1
+            agree[m][2] += same and row[m]["held"]
             verdicts.append("yes" if same else "**no**")
         lines.append("| " + " | ".join(str(v) for v in (*key, *shown, *verdicts)) + " |")
     lines.append("")
-    lines += [f"The exact counts' verdict equals that of {name[m]} in {a} of {n} tests." for m, (a, n) in agree.items()]
+    lines += [f"The exact counts' verdict equals that of {name[m]} in {a} of {n} tests ({h} both held, "
+              f"{a - h} both not held)." for m, (a, n, h) in agree.items()]
     lines.append("")
     return "\n".join(lines)
