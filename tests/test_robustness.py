@@ -90,6 +90,9 @@ def test_seed_power_and_calibration_scripts_print_their_tables(tmp_path, capsys)
     assert script("seed_power").main([str(tmp_path / "sweep"), "--seeds", "6", "--replicates", "3", "--out", str(out)]) == 0
     text = out.read_text()
     assert "| power, 6 seeds | seeds for 80 % | MDE (80 %) |" in text and "| 4 | 0.02 | 2 | train minus random1 |" in text
+    assert "bound C, all points" in text
+    # No exact counts in these rows: the exact-count measure is refused, not reported empty.
+    assert script("seed_power").main([str(tmp_path / "sweep"), "--measure", "exact_mean_log2_count"]) == 1
     cal = tmp_path / "cal.md"
     assert script("calibrate_claims").main(["--replicates", "5", "--resamples", "19", "--out", str(cal)]) == 0
     assert "| dip_then_rise: fall | iid, no trend | false held |" in cal.read_text()
