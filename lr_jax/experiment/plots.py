@@ -156,8 +156,9 @@ def plot_figure3(rows: Sequence[dict], out_dir: str | Path, stem: str = "figure3
     line style). When the rows carry exact counts (``bound=sandwich``) each
     learning rate gains two panels, each with its own y axis: the mean exact
     number of regions meeting the balls of the counted subset (linear axis),
-    and the mean ``2^C`` on that same subset. ``{stem}_radius.png/.pdf``: the
-    mean distance to the nearest region boundary at each learning rate; and
+    and the mean ``2^C`` on that same subset (geometric mean over seeds, log
+    axis). ``{stem}_radius.png/.pdf``: the mean distance to the nearest region
+    boundary at each learning rate; and
     ``{stem}_log2.png/.pdf``: mean ``C`` (log2 of the bound).
 
     Returns:
@@ -179,7 +180,7 @@ def plot_figure3(rows: Sequence[dict], out_dir: str | Path, stem: str = "figure3
         if counted:  # the true number of regions beside the bound, on the same subset of points, own axes
             _panel(axes[i, 2], rows, lr, "exact_mean_count", "mean exact number of regions (counted subset)",
                    next(letters), log_axis=False)
-            _panel(axes[i, 3], rows, lr, "exact_subset_mean_bound", "mean upper bound 2^C (same subset)",
+            _panel(axes[i, 3], rows, lr, "exact_subset_mean_bound", "mean 2^C, same subset (geometric mean over seeds)",
                    next(letters), scale="log")
     axes[0, 0].legend(fontsize=8, ncol=2)
     fig.suptitle(BAND_NOTE, fontsize=9)
