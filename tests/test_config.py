@@ -298,7 +298,7 @@ def test_he_initialisation_doubles_the_kernel_variance():
         (["depth=1.5"], "invalid config depth=1.5: Value '1.5'"),
         (["seeds=2.5"], "invalid config seeds=2.5: Value '2.5'"),
         (["lr=0.1", "epochs=x"], "invalid config epochs=x: Value 'x'"),
-        (["optim=adamw"], "did you mean optim=adam?"),
+        (["optim=sgdd"], "did you mean optim=sgd?"),
         (["lr=[1"], "invalid config lr=[1: cannot parse it"),
     ],
 )

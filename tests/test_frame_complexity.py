@@ -78,3 +78,13 @@ def test_jit_padding_and_empty_batches():
         lr_jax.frame_complexity(layers, xs, RADII, key=key, num_vertices=7)
     with pytest.raises(ValueError, match="num_vertices"):
         lr_jax.frame_complexity(layers, xs, RADII, key=key, num_vertices=12)  # 2P > 2d = 10
+
+
+def test_frame_directions_are_orthonormal_without_lapack():
+    """The P directions are orthonormal to float32 rounding, and the function lowers with no LAPACK custom call."""
+    from lr_jax.bounds.frame_complexity import _frame
+
+    u = np.asarray(_frame(jax.random.PRNGKey(0), 784, 25, jnp.float32))
+    np.testing.assert_allclose(u @ u.T, np.eye(25), atol=2e-6)
+    hlo = jax.jit(lambda k: _frame(k, 50, 7, jnp.float32)).lower(jax.random.PRNGKey(1)).as_text()
+    assert "lapack" not in hlo.lower() and "custom_call" not in hlo

@@ -54,9 +54,25 @@ class FrameComplexity(NamedTuple):
 
 
 def _frame(key: jax.Array, d: int, p: int, dtype) -> jax.Array:
-    """``p`` orthonormal directions in ``R^d`` (rows ``[p, d]``): Q of a Gaussian matrix's QR."""
-    q, _ = jnp.linalg.qr(jax.random.normal(key, (d, p), dtype))
-    return q.T
+    """``p`` orthonormal directions in ``R^d`` (rows ``[p, d]``): Gram-Schmidt of a Gaussian matrix.
+
+    The rows of a ``[p, d]`` standard Gaussian matrix are orthonormalised one
+    at a time, each projected off the earlier ones twice ("twice is enough",
+    Giraud et al. 2005), which spans the same flag of subspaces as the Q of a
+    QR decomposition (up to signs, which leave the vertices ``x +- r u_i``
+    unchanged). Plain JAX ops: ``jnp.linalg.qr`` calls LAPACK through
+    SciPy's OpenBLAS on CPU, which deadlocked when batched under ``vmap`` and
+    ``jit`` beside other XLA work.
+    """
+    g = jax.random.normal(key, (p, d), dtype)
+
+    def body(i, q):
+        v = g[i]
+        for _ in range(2):
+            v = v - q.T @ (q @ v)  # rows not yet set are zero: they project nothing
+        return q.at[i].set(v / jnp.linalg.norm(v))
+
+    return jax.lax.fori_loop(0, p, body, jnp.zeros((p, d), dtype))
 
 
 def _point(model, x: jax.Array, radii: jax.Array, key: jax.Array, p: int) -> list:

@@ -32,7 +32,10 @@ from lr_jax.experiment.datasets import CATEGORIES, CategoryArgumentError, check_
 from lr_jax.experiment.models import INIT_SCALES
 from lr_jax.experiment.mnist_io import IDX_FILES, SOURCES, missing_idx_files, per_class_available
 
-OPTIMIZERS = ("sgd", "adam")
+OPTIMIZERS = ("sgd", "adam", "adamw")
+STUDIES = ("paper", "grokking")
+GROKKING_LOSSES = ("mse", "ce")
+GROKKING_METHODS = ("frame", "paper", "tight", "sampled", "exact")
 BOUND_METHODS = ("paper", "tight", "sampled", "exact")
 LOGGERS = ("none", "tensorboard")
 # (alias, the group key that interpolates it); the alias is the one way to set the value.
@@ -87,10 +90,11 @@ class ModelConfig:
 class OptimConfig:
     """Optax optimizer (plain SGD in the paper)."""
 
-    name: str = "sgd"  # sgd or adam
+    name: str = "sgd"  # sgd, adam or adamw
     lr: float = II("lr")  # set with the alias lr=
     momentum: float = 0.0
     batch_size: int = 32
+    weight_decay: float = 0.0  # adamw: decoupled weight decay
 
 
 @dataclass
@@ -116,6 +120,39 @@ class BoundConfig:
 
 
 @dataclass
+class GrokkingConfig:
+    """The grokking study (``study=grokking``, :mod:`lr_jax.experiment.grokking`): schedule, model scale, measures.
+
+    Training runs ``steps`` AdamW steps on ``n_train`` digits (balanced over
+    ``data.digits``) and evaluates at step 0 and ``num_evals`` log-spaced steps
+    up to ``steps``. At each evaluation every measure in ``methods`` is taken
+    around ``n_points`` points of each category (train, test, random,
+    boundary) at every radius of ``radii``; the exact count runs on the first
+    ``exact_points`` of them at the smallest radius.
+    """
+
+    steps: int = 100000
+    num_evals: int = 30  # log-spaced evaluation steps in [1, steps] (plus step 0)
+    chunk_steps: int = 5000  # steps between chances to stop on a signal
+    n_train: int = 1000  # training digits, balanced over data.digits
+    alpha: float = 8.0  # every initial parameter is multiplied by alpha (large alpha: grokking)
+    loss: str = "mse"  # mse (on one-hot targets) or ce (cross-entropy)
+    # The smallest radius is where exact counts stay small in 784 dimensions; the largest is where
+    # the certified bounds are already near every neuron (docs/grokking.md).
+    radii: List[float] = field(default_factory=lambda: [0.003, 0.03, 0.3])
+    n_points: int = 32  # points per category
+    methods: List[str] = field(default_factory=lambda: ["frame", "paper", "tight", "sampled", "exact"])
+    num_vertices: int = 50  # frame: cross-polytope vertices (2P, P orthonormal directions)
+    num_samples: int = 128  # sampled: points drawn per ball
+    num_chords: int = 4  # sampled: exact chords per ball
+    exact_points: int = 1  # exact: points per category (and seed) counted at the smallest radius
+    exact_max_regions: int = 1000  # exact: stop a ball's count here (complete=False, a lower bound)
+    exact_max_seconds: float = 0.5  # exact: stop a ball's count after this long
+    boundary_candidates: int = 4  # boundary: candidate pairs per point, the first with different predictions is used
+    boundary_bisect: int = 30  # boundary: bisection steps along the segment
+
+
+@dataclass
 class TrainConfig:
     """The main config of ``scripts/train.py``."""
 
@@ -131,6 +168,8 @@ class TrainConfig:
     # 1: a single run, with the files of a single seed (no seed field or axis).
     seeds: int = 1
     epochs: int = 20
+    study: str = "paper"  # paper (section 5, by epochs) or grokking (experiment=grokking, by steps)
+    grokking: GrokkingConfig = field(default_factory=GrokkingConfig)
     resume: bool = False  # continue the run in hydra.run.dir
     plot: bool = True  # write trajectories.png
     logger: str = "none"  # none or tensorboard (event files in <run>/tensorboard)
@@ -213,12 +252,17 @@ def validate(cfg: Any) -> None:
     """
     _check_finite(cfg, TrainConfig)
     _check_aliases(cfg)
+    if cfg.study not in STUDIES:
+        _fail("study", cfg.study, f"choose one of {', '.join(STUDIES)} (experiment=grokking sets the grokking study).")
     if cfg.depth < 1:
         _fail("depth", cfg.depth, "need at least one hidden layer (depth >= 1).")
     if cfg.width < 1:
         _fail("width", cfg.width, "need width >= 1.")
     if cfg.model.num_outputs < 2:
         _fail("model.num_outputs", cfg.model.num_outputs, "a classifier needs at least 2 outputs (the experiment uses 2).")
+    if cfg.study == "grokking":
+        _validate_grokking(cfg)
+        return
     if cfg.model.init not in INIT_SCALES:
         _fail("model.init", cfg.model.init, f"must be one of {', '.join(INIT_SCALES)}.")
     if cfg.model.init_std is not None and not cfg.model.init_std > 0:
@@ -227,6 +271,8 @@ def validate(cfg: Any) -> None:
         _fail("lr", cfg.lr, "the learning rate must be > 0 (e.g. lr=0.02).")
     if cfg.optim.name not in OPTIMIZERS:
         _fail("optim.name", cfg.optim.name, f"choose one of {', '.join(OPTIMIZERS)}.")
+    if cfg.optim.weight_decay < 0:
+        _fail("optim.weight_decay", cfg.optim.weight_decay, "must be >= 0.")
     if not 0 <= cfg.optim.momentum < 1:
         _fail("optim.momentum", cfg.optim.momentum, "must be in [0, 1).")
     if cfg.optim.batch_size < 1:
@@ -271,7 +317,48 @@ def _validate_bound(b: Any) -> None:
         _fail("bound.chunk_size", b.chunk_size, "must be >= 1 or null.")
 
 
-def _validate_data(d: Any) -> None:
+def _validate_grokking(cfg: Any) -> None:
+    """The grokking study's values (its data are ten digits at 28x28; ``data.per_class`` and ``pooling`` are not used)."""
+    g, d = cfg.grokking, cfg.data
+    _validate_source(d)
+    digits = list(d.digits)
+    if len(digits) < 2 or len(set(digits)) != len(digits) or any(not 0 <= int(x) <= 9 for x in digits):
+        _fail("data.digits", digits, "the grokking study needs at least two distinct digits in 0-9 (experiment=grokking: all ten).")
+    if cfg.model.num_outputs != len(digits):
+        _fail("model.num_outputs", cfg.model.num_outputs, f"must equal the {len(digits)} digits of data.digits (one logit per class).")
+    if not d.scale > 0:
+        _fail("data.scale", d.scale, "the value of a white pixel must be > 0 (the grokking study uses 1: pixels in [0, 1]).")
+    if g.loss not in GROKKING_LOSSES:
+        _fail("grokking.loss", g.loss, f"choose one of {', '.join(GROKKING_LOSSES)}.")
+    if not g.alpha > 0:
+        _fail("grokking.alpha", g.alpha, "the initial scale must be > 0 (1: the usual initialisation; 8: grokking).")
+    for key, low in (("steps", 1), ("num_evals", 1), ("chunk_steps", 1), ("n_points", 1), ("num_samples", 1),
+                     ("num_chords", 1), ("exact_max_regions", 1), ("boundary_candidates", 1), ("boundary_bisect", 1)):
+        if _get(g, key) < low:
+            _fail(f"grokking.{key}", _get(g, key), f"must be >= {low}.")
+    if not 0 <= g.exact_points <= g.n_points:
+        _fail("grokking.exact_points", g.exact_points, f"must be between 0 and grokking.n_points={g.n_points}.")
+    if not g.exact_max_seconds > 0:
+        _fail("grokking.exact_max_seconds", g.exact_max_seconds, "must be > 0.")
+    if g.num_vertices < 2 or g.num_vertices % 2:
+        _fail("grokking.num_vertices", g.num_vertices, "the cross-polytope has 2P vertices: an even number >= 2 (50 in the literature).")
+    if g.num_vertices // 2 > 784:
+        _fail("grokking.num_vertices", g.num_vertices, "at most 1568 (784 orthonormal directions in 28x28 inputs).")
+    radii = list(g.radii)
+    if not radii or any(not (isinstance(r, (int, float)) and math.isfinite(r) and r > 0) for r in radii):
+        _fail("grokking.radii", radii, "a non-empty list of radii > 0, e.g. grokking.radii=[0.1,0.5,2.0].")
+    unknown = [m for m in g.methods if m not in GROKKING_METHODS]
+    if unknown or not list(g.methods):
+        _fail("grokking.methods", list(g.methods), f"a non-empty list from {', '.join(GROKKING_METHODS)}.")
+    if g.n_train < len(digits):
+        _fail("grokking.n_train", g.n_train, f"need at least one digit of each of the {len(digits)} classes.")
+    if cfg.optim.batch_size > g.n_train:
+        _fail("optim.batch_size", cfg.optim.batch_size, f"above the grokking.n_train={g.n_train} training digits.")
+    if cfg.logger != "none":
+        _fail("logger", cfg.logger, "the grokking study writes metrics.jsonl only; use logger=none.")
+
+
+def _validate_source(d: Any) -> None:
     if d.source not in SOURCES:
         _fail("data.source", d.source, f"choose one of {', '.join(SOURCES)}.")
     if d.source == "idx":
@@ -294,6 +381,10 @@ def _validate_data(d: Any) -> None:
                 d.test_dir,
                 f"the folder lacks {', '.join(missing)} (each may be .gz); only the two test-split files are needed.",
             )
+
+
+def _validate_data(d: Any) -> None:
+    _validate_source(d)
     digits = list(d.digits)
     try:  # the same check make_categories runs, here before any data is loaded
         check_category_args(digits, 1 if d.per_class is None else d.per_class, d.n_random, d.scale, d.pooling)
@@ -536,6 +627,7 @@ __all__ = [
     "BoundScriptConfig",
     "ConfigError",
     "DataConfig",
+    "GrokkingConfig",
     "ModelConfig",
     "OptimConfig",
     "TrainConfig",

@@ -108,7 +108,7 @@ def read_json(path: str | Path, *, what: str = "JSON file", fix: str = FIX_RUN) 
     return read_file(path, _parse_json, what=what, fix=fix)
 
 
-def _parse_metrics(path: Path) -> list[dict]:
+def _parse_metrics(path: Path, time_key: str = "epoch") -> list[dict]:
     rows = []
     for number, line in enumerate(path.read_text().splitlines(), 1):
         if not line.strip():
@@ -117,15 +117,16 @@ def _parse_metrics(path: Path) -> list[dict]:
             row = json.loads(line, parse_constant=_reject_constant)
         except ValueError as e:
             raise ValueError(f"line {number}: {e}") from None
-        if not isinstance(row, dict) or "epoch" not in row or "category" not in row:
-            raise ValueError(f"line {number} is not a row with epoch and category")
+        if not isinstance(row, dict) or time_key not in row or "category" not in row:
+            raise ValueError(f"line {number} is not a row with {time_key} and category")
         rows.append(row)
     return rows
 
 
-def read_metrics(path: str | Path, *, fix: str = FIX_RUN) -> list[dict]:
-    """Rows of a ``metrics.jsonl`` (strict JSON, one object with ``epoch`` and ``category`` per line)."""
-    return read_file(path, _parse_metrics, what="metrics", fix=fix)
+def read_metrics(path: str | Path, *, fix: str = FIX_RUN, time_key: str = "epoch") -> list[dict]:
+    """Rows of a ``metrics.jsonl`` (strict JSON, one object with ``time_key`` (``epoch``, or ``step`` in
+    the grokking study) and ``category`` per line)."""
+    return read_file(path, lambda p: _parse_metrics(p, time_key), what="metrics", fix=fix)
 
 
 def _parse_npz(path: Path) -> dict[str, np.ndarray]:
