@@ -3,7 +3,8 @@
 Reads every complete run of a grokking sweep (``python scripts/train.py -m
 experiment=grokking grokking.alpha=1,8``) and writes into ``--out`` (default:
 the folder) the figures ``grokking_r<i>.png`` (both alphas, one radius each),
-``grokking_tables.md`` (verdicts of H1-H4, every test, the trajectories)
+``grokking_tables.md`` (verdicts of H1-H4, every test, the trajectories;
+with ``--calibrate N`` the three-phase test's simulated false-held rate and power)
 and ``grokking_tests.json``. Thin wrapper over lr_jax.experiment.grokking_report.
 """
 
@@ -21,13 +22,15 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("multirun_dir", type=Path, metavar="MULTIRUN_DIR")
     p.add_argument("--out", type=Path, default=None, help="output folder (default: MULTIRUN_DIR)")
+    p.add_argument("--calibrate", type=int, default=0, metavar="N",
+                   help="also simulate the three-phase test's false-held rate and power with N replicates per scenario")
     args = p.parse_args(argv)
     from lr_jax.experiment.grokking_report import report_study  # after the arguments: --help needs no JAX
     from lr_jax.experiment.run_files import RunFileError
 
     logging.basicConfig(level=logging.INFO, format="%(message)s", force=True)
     try:
-        for path in report_study(args.multirun_dir, args.out or args.multirun_dir):
+        for path in report_study(args.multirun_dir, args.out or args.multirun_dir, calibrate=args.calibrate):
             log.info("wrote %s", path)
     except (FileNotFoundError, RunFileError) as e:
         log.error("%s", e)

@@ -109,6 +109,7 @@ def test_a_tiny_study_runs_end_to_end_and_its_measures_are_sandwiched(tmp_path):
     assert {t["hypothesis"] for t in tests} >= {"H1"}
 
 
+@pytest.mark.slow  # three tiny runs
 def test_an_interrupted_study_resumes_to_the_same_files(tmp_path, monkeypatch):
     whole = train_and_evaluate(compose_train(DETERMINISTIC), tmp_path / "whole")
     advance = grokking.GROKKING.advance
@@ -123,7 +124,8 @@ def test_an_interrupted_study_resumes_to_the_same_files(tmp_path, monkeypatch):
         train_and_evaluate(compose_train(DETERMINISTIC), tmp_path / "cut")
     assert json.loads((tmp_path / "cut" / "status.json").read_text())["status"] == "interrupted"
     monkeypatch.undo()
-    resumed = train_and_evaluate(compose_train(DETERMINISTIC + ["resume=true"]), tmp_path / "cut")
+    # As `python scripts/train.py resume=true hydra.run.dir=...`: nothing else on the command line.
+    resumed = train_and_evaluate(compose_train(["resume=true"]), tmp_path / "cut", given=set())
     assert resumed == whole
     a, b = np.load(tmp_path / "whole" / "bounds.npz"), np.load(tmp_path / "cut" / "bounds.npz")
     assert sorted(a) == sorted(b) and all(np.array_equal(a[k], b[k]) for k in a)
@@ -145,3 +147,29 @@ def test_bad_grokking_settings_are_refused_in_one_line(tmp_path, override, key):
     with pytest.raises(ConfigError, match=f"invalid config {key}="):
         train_and_evaluate(compose_train(TINY_GROK + [override]), tmp_path / "run")
     assert not (tmp_path / "run" / "config.yaml").exists()
+
+
+def test_three_phases_statistic_by_hand():
+    """m = (5, 1, 4, 2): fall 4 to the trough, rise 3 to the peak, fall 2 to the end: T = min(4, 3, 2) = 2."""
+    from lr_jax.experiment.grokking_report import three_phases, turning_points
+
+    values = np.array([[5.0, 1.0, 4.0, 2.0], [5.0, 1.0, 4.0, 2.0]])
+    (t,) = three_phases(values)
+    assert float(t) == 2.0
+    assert turning_points(np.array([0, 1, 10, 100]), values) == (1, 10)
+    (mono,) = three_phases(np.array([[4.0, 3.0, 2.0, 1.0]]))  # no rise: the best split still has a negative move
+    assert float(mono) < 0
+    batched = three_phases(np.stack([values, values + 1]))[0]  # [..., S, E] broadcasts
+    np.testing.assert_array_equal(batched, [2.0, 2.0])
+
+
+def test_three_phase_test_holds_its_level_and_finds_planted_phases():
+    """A small simulation (the report runs 2,000 replicates): no trend rarely held, a 3-SD three-phase trend mostly."""
+    from lr_jax.experiment.grokking_report import simulate_three_phases
+
+    rows = simulate_three_phases(200, seeds=6, epochs=12, rhos=(0.0, 0.5), effect=3.0, n_resamples=199)
+    rates = {r["scenario"]: r["held"] / r["replicates"] for r in rows}
+    se = (0.025 * 0.975 / 200) ** 0.5
+    assert rates["AR(1) 0, no trend"] <= 0.025 + 3 * se
+    assert rates["AR(1) 0.5, no trend"] <= 0.025 + 3 * se
+    assert rates["AR(1) 0, 3-SD three phases"] >= 0.7

@@ -101,9 +101,9 @@ def _frame_jit(net, xs, radii, key, *, p):
 def frame_complexity(network, xs: jax.Array, radii, *, key: jax.Array, num_vertices: int = 50) -> FrameComplexity:
     """The cross-polytope estimate of local complexity around every point, at every radius, jitted.
 
-    For point ``n`` the directions are the rows of Q in the QR decomposition
-    of a standard Gaussian ``[d, P]`` matrix drawn from
-    ``fold_in(key, n)`` (``P = num_vertices / 2``), shared by its radii; the
+    For point ``n`` the directions are a standard Gaussian ``[P, d]`` matrix
+    drawn from ``fold_in(key, n)`` (``P = num_vertices / 2``), orthonormalised
+    row by row (Gram-Schmidt, the span of Q in its QR decomposition), shared by its radii; the
     vertices are ``x +- r u_i``. A lower estimate of Algorithm 1's ``C`` and
     of the tight bound's (module docstring): ``crossed`` is contained in both
     methods' ``unstable``.

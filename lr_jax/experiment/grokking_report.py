@@ -9,14 +9,18 @@ evaluated step at which the seeds' mean training accuracy reaches 0.99,
 splits the run into an early window (steps ``<= t_fit``) and a late one
 (steps ``>= t_fit``).
 
-* H1, three phases around training points: a fall and a rise in the early
-  window (:func:`~lr_jax.experiment.claim_statistics.dip_then_rise`) and a
-  fall from the late window's maximum to the end
-  (:func:`~lr_jax.experiment.claim_statistics.rise_then_dip`'s fall). Held
-  when all three are.
-* H2, migration: in the late window the fall around training points (as in
-  H1) and a rise from the minimum to the end around decision-boundary points
-  (``dip_then_rise``'s rise). Held when both are.
+* H1, three phases around training points: a within-seed permutation test
+  of :func:`three_phases` on the whole run (the turning points recomputed on
+  every permutation, so no window is chosen from the data); its false-held
+  rate and power come from :func:`simulate_three_phases`. ``H1w``: the
+  windowed version, a fall and a rise before ``t_fit``
+  (:func:`~lr_jax.experiment.claim_statistics.dip_then_rise`) and a fall from
+  the late maximum to the end after it (``rise_then_dip``'s fall).
+* H2, migration: after ``t_fit``, the fall around training points (as in
+  ``H1w``) and a rise from the minimum to the end around decision-boundary
+  points (``dip_then_rise``'s rise); held when both are. ``H2r``: per seed,
+  the change from ``t_fit`` to the end of ``log((boundary + 1) / (train +
+  1))``, sign-flip test over seeds.
 * H3, timing: per seed, ``log10`` of the step at which the late fall of
   training-point LC is half done minus ``log10`` of the step at which test
   accuracy is half way from its start to its end; a sign-flip interval over
@@ -91,6 +95,40 @@ def _half_time(steps: np.ndarray, v: np.ndarray, start: int, rising: bool) -> fl
     return math.log10(max(int(steps[start + idx]), 1))
 
 
+def three_phases(values) -> tuple[np.ndarray]:
+    """Strength of "falls, rises, falls again" of the mean trajectory ``m`` over seeds: ``[...]``.
+
+    ``T = max_{b < c} min(m(0) - m(b), m(c) - m(b), m(c) - m(E-1))``: the
+    weakest of the three moves for the best choice of the turning points
+    ``b`` (the trough) and ``c`` (the late peak). Positive exactly when some
+    ``b < c`` give a fall, a rise and a fall. Used with
+    :func:`lr_jax.experiment.claim_statistics.within_seed_permutation`, which
+    recomputes it (turning points included) on every permuted data set, so the
+    test needs no window chosen from the data.
+
+    Args:
+      values: ``[..., S, E]``.
+    """
+    m = np.mean(np.asarray(values, np.float64), axis=-2)  # [..., E]
+    fall1 = m[..., :1] - m  # [..., E] at b
+    fall2 = m - m[..., -1:]  # at c
+    rise = m[..., None, :] - m[..., :, None]  # [..., b, c]
+    e = m.shape[-1]
+    later = np.triu(np.ones((e, e), bool), 1)  # c > b
+    t = np.minimum(np.minimum(fall1[..., :, None], rise), fall2[..., None, :])
+    return (np.max(np.where(later, t, -np.inf), axis=(-2, -1)),)
+
+
+def turning_points(steps: np.ndarray, values: np.ndarray) -> tuple[int, int]:
+    """The steps ``(b, c)`` that maximise :func:`three_phases` on the mean trajectory (where the trough and late peak lie)."""
+    m = np.nanmean(values, axis=0)
+    e = m.size
+    t = np.minimum(np.minimum((m[0] - m)[:, None], m[None, :] - m[:, None]), (m - m[-1])[None, :])
+    t = np.where(np.triu(np.ones((e, e), bool), 1), t, -np.inf)
+    b, c = np.unravel_index(int(np.argmax(t)), t.shape)
+    return int(steps[b]), int(steps[c])
+
+
 def _row(alpha, hypothesis, part, measure, radius, category, e: cs.Estimate) -> dict:
     return {"alpha": alpha, "hypothesis": hypothesis, "part": part, "measure": measure, "radius": radius, "category": category,
             "estimate": e.mean, "low": e.low, "high": e.high, "p": e.p_value, "held_raw": e.held, "n_seeds": e.n_seeds}
@@ -113,16 +151,24 @@ def phase_tests(rows: Sequence[dict], alpha: float, *, seed: int = 0) -> tuple[l
             if np.all(np.isnan(train)):
                 continue
             _, boundary = trajectories(rows, "boundary", field)
+            (three,) = cs.within_seed_permutation(train, three_phases, 1, seed=seed)
+            row = _row(alpha, "H1", "fall, rise, fall (whole run)", m, radius, "train", three)
+            b, c = turning_points(steps, train)
+            row["part"] += f" (trough {b}, late peak {c})"
+            tests.append(row)
             early = steps <= (t_fit if t_fit is not None else steps[-1])
             fall1, rise = cs.dip_then_rise(train[:, early], seed=seed)
-            tests += [_row(alpha, "H1", "early fall", m, radius, "train", fall1), _row(alpha, "H1", "early rise", m, radius, "train", rise)]
+            tests += [_row(alpha, "H1w", "early fall", m, radius, "train", fall1), _row(alpha, "H1w", "early rise", m, radius, "train", rise)]
             if t_fit is None or int(np.sum(steps >= t_fit)) < 3:
                 continue
             late = steps >= t_fit
             fall2 = cs.rise_then_dip(train[:, late], seed=seed)[1]
-            tests.append(_row(alpha, "H1", "late fall", m, radius, "train", fall2))
+            tests.append(_row(alpha, "H1w", "late fall", m, radius, "train", fall2))
             tests.append(_row(alpha, "H2", "late fall (train)", m, radius, "train", fall2))
             tests.append(_row(alpha, "H2", "late rise (boundary)", m, radius, "boundary", cs.dip_then_rise(boundary[:, late], seed=seed)[1]))
+            i_fit = int(np.flatnonzero(late)[0])
+            ratio = np.log((boundary[:, -1] + 1) / (train[:, -1] + 1)) - np.log((boundary[:, i_fit] + 1) / (train[:, i_fit] + 1))
+            tests.append(_row(alpha, "H2r", "boundary/train ratio grows", m, radius, "both", cs.sign_flip(ratio[np.isfinite(ratio)], 1, seed=seed)))
             _, acc = trajectories(rows, "test", "test_accuracy")
             start = int(np.flatnonzero(late)[0])
             lag = np.array([_half_time(steps, train[s], start, rising=False) - _half_time(steps, acc[s], 0, rising=True) for s in range(train.shape[0])])
@@ -132,7 +178,7 @@ def phase_tests(rows: Sequence[dict], alpha: float, *, seed: int = 0) -> tuple[l
             row["held_raw"] = bool(np.isfinite(e.low) and -COINCIDE_DECADES <= e.low and e.high <= COINCIDE_DECADES)
             row["p"] = math.nan  # an interval criterion, not a one-sided test
             tests.append(row)
-    for h in ("H1", "H2"):
+    for h in ("H1", "H1w", "H2", "H2r"):
         family = [t for t in tests if t["hypothesis"] == h]
         adjusted = cs.holm([t["p"] for t in family]) if family else []
         for t, p in zip(family, adjusted):
@@ -151,7 +197,7 @@ def verdicts(tests: Sequence[dict]) -> list[dict]:
         groups.setdefault((t["alpha"], t["hypothesis"], t["measure"], t["radius"]), []).append(t)
     out = []
     for (alpha, h, m, r), parts in groups.items():
-        need = {"H1": 3, "H2": 2, "H3": 1}[h]
+        need = {"H1": 1, "H1w": 3, "H2": 2, "H2r": 1, "H3": 1}[h]
         out.append({"alpha": alpha, "hypothesis": h, "measure": m, "radius": r,
                     "held": len(parts) == need and all(p["held"] for p in parts),
                     "parts": " / ".join(f"{p['part']}: {'held' if p['held'] else 'not held'}" for p in parts)})
@@ -175,6 +221,50 @@ def proxy_agreement(rows: Sequence[dict], alpha: float, *, seed: int = 0) -> lis
                 out.append({"alpha": alpha, "category": cat, "radius": radius, "certified": m, "rho": e.mean, "low": e.low,
                             "high": e.high, "n_seeds": e.n_seeds})
     return out
+
+
+def simulate_three_phases(replicates: int, *, seeds: int, epochs: int, rhos=(0.0, 0.5, 0.9), effect: float = 1.6,
+                          n_resamples: int = 999, key: int = 0) -> list[dict]:
+    """False-held rate and power of the whole-run three-phase test (H1) by simulation.
+
+    No-trend trajectories ``[seeds, epochs]`` with AR(1) noise of lag-1
+    correlation ``rho`` (SD 1 per cell; ``rho = 0``: iid), and, for power, a
+    planted fall by ``effect`` SD over the first third, a rise back over the
+    second and a fall by ``effect`` over the last (iid and ``rho = 0.5``).
+    Draws from ``default_rng([key, scenario, replicate])``.
+
+    Returns:
+      One dict per scenario: ``scenario``, ``kind`` (``false held`` or
+      ``power``), ``held``, ``replicates``.
+    """
+    third = np.linspace(0.0, 3.0, epochs)
+    trend = -effect * np.clip(third, 0, 1) + effect * np.clip(third - 1, 0, 1) - effect * np.clip(third - 2, 0, 1)
+    scenarios = [(f"AR(1) {r:g}, no trend", r, False) for r in rhos] + [(f"AR(1) {r:g}, {effect:g}-SD three phases", r, True) for r in rhos[:2]]
+    out = []
+    for index, (name, rho, planted) in enumerate(scenarios):
+        held = 0
+        for rep in range(replicates):
+            rng = np.random.default_rng([key, index, rep])
+            w = rng.normal(size=(seeds, epochs))
+            noise = np.empty_like(w)
+            noise[:, 0] = w[:, 0]
+            for e in range(1, epochs):
+                noise[:, e] = rho * noise[:, e - 1] + math.sqrt(1 - rho**2) * w[:, e]
+            v = noise + (trend if planted else 0.0)
+            held += int(cs.within_seed_permutation(v, three_phases, 1, seed=rep, n_resamples=n_resamples)[0].held)
+        out.append({"scenario": name, "kind": "power" if planted else "false held", "held": held, "replicates": replicates})
+    return out
+
+
+def simulation_markdown(rows: Sequence[dict], seeds: int, epochs: int) -> str:
+    """The table of :func:`simulate_three_phases`, with Monte-Carlo standard errors."""
+    lines = [f"Three-phase test (H1), {seeds} seeds x {epochs} evaluations, level {cs.ALPHA:g}:", "",
+             "| scenario | kind | held | rate (MC s.e.) |", "| --- | --- | --- | --- |"]
+    for r in rows:
+        rate = r["held"] / r["replicates"]
+        se = math.sqrt(max(rate * (1 - rate), 1e-12) / r["replicates"])
+        lines.append(f"| {r['scenario']} | {r['kind']} | {r['held']}/{r['replicates']} | {100 * rate:.1f} % ({100 * se:.1f}) |")
+    return "\n".join(lines) + "\n"
 
 
 # ---------------------------------------------------------------------------
@@ -217,14 +307,20 @@ def plot_run(rows: Sequence[dict], path: str | Path, title: str = "") -> None:
 
 
 def plot_study(runs: dict, path: str | Path, radius_index: int) -> None:
-    """Both alphas (rows) at one radius: accuracy, then every measure with per-seed change bands.
+    """Both alphas (rows) at one radius: accuracy, every neuron measure, and the region counts.
 
-    Bands are the 2.5-97.5 % range over seeds of each seed's value (thin lines
-    would hide the mean); the curves are means over seeds.
+    Curves are means over seeds; bands the 2.5-97.5 % range over seeds. The
+    last column is ``log2`` of the regions found by sampling (solid, a lower
+    bound) and, at the smallest radius, of the exact count (dotted; on the
+    first ``grokking.exact_points`` points only, stopped counts are lower
+    bounds).
     """
     alphas = sorted(runs)
-    present = [m for m in MEASURES if any(f"{m}_r0" in r for r in next(iter(runs.values())))]
-    fig, axes = plt.subplots(len(alphas), len(present) + 1, figsize=(4.2 * (len(present) + 1), 3.3 * len(alphas)), squeeze=False)
+    first = next(iter(runs.values()))
+    present = [m for m in MEASURES if any(f"{m}_r0" in r for r in first)]
+    regions = any("sampled_log2_r0" in r for r in first)
+    cols = len(present) + 1 + int(regions)
+    fig, axes = plt.subplots(len(alphas), cols, figsize=(4.2 * cols, 3.3 * len(alphas)), squeeze=False)
     for a, alpha in enumerate(alphas):
         rows = runs[alpha]
         radius = next(r["radii"] for r in rows)[radius_index]
@@ -242,6 +338,15 @@ def plot_study(runs: dict, path: str | Path, radius_index: int) -> None:
                 ax.plot(steps, mean, color=colour, label=cat)
                 ax.fill_between(steps, *np.nanpercentile(v, [2.5, 97.5], axis=0), color=colour, alpha=0.15, lw=0)
             ax.set_title(f"{MEASURE_LABELS[m]}, r = {radius:g}", fontsize=9)
+        if regions:
+            ax = axes[a, -1]
+            for cat, colour in COLOURS.items():
+                steps, mean, _ = _mean_curve(rows, cat, f"sampled_log2_r{radius_index}")
+                ax.plot(steps, mean, color=colour, label=cat)
+                if radius_index == 0 and any("exact_mean_log2_count" in r for r in rows):
+                    steps, mean, _ = _mean_curve(rows, cat, "exact_mean_log2_count")
+                    ax.plot(steps, mean, ":", color=colour)
+            ax.set_title(f"log2 regions: sampled{' / exact (dotted)' if radius_index == 0 else ''}, r = {radius:g}", fontsize=9)
         for ax in axes[a]:
             if t_fit is not None:
                 ax.axvline(max(t_fit, 0.5), color="grey", ls=":", lw=1)
@@ -250,7 +355,7 @@ def plot_study(runs: dict, path: str | Path, radius_index: int) -> None:
         ax.set_xscale("log")
         ax.grid(alpha=0.3)
     for ax in axes[-1]:
-        ax.set_xlabel("step (0 drawn at 0.5; dotted: t_fit)")
+        ax.set_xlabel("step (0 drawn at 0.5; grey dotted: t_fit)")
     fig.tight_layout()
     fig.savefig(path, dpi=90, format="png")
     plt.close(fig)
@@ -341,7 +446,7 @@ def load_runs(multirun_dir: str | Path) -> dict:
     return runs
 
 
-def report_study(multirun_dir: str | Path, out: str | Path, *, seed: int = 0) -> list[Path]:
+def report_study(multirun_dir: str | Path, out: str | Path, *, seed: int = 0, calibrate: int = 0) -> list[Path]:
     """Figures, test tables and ``grokking_tests.json`` of a grokking sweep into ``out``; returns the paths written."""
     import json
 
@@ -372,6 +477,9 @@ def report_study(multirun_dir: str | Path, out: str | Path, *, seed: int = 0) ->
     for alpha, rows in sorted(runs.items()):
         for i in range(len(radii)):
             parts += ["\n## Trajectory table\n\n", trajectory_markdown(rows, alpha, i)]
+    if calibrate:
+        s_, e_ = len(_seeds(next(iter(runs.values())))), len({r["step"] for r in next(iter(runs.values()))})
+        parts += ["\n## Calibration of the three-phase test\n\n", simulation_markdown(simulate_three_phases(calibrate, seeds=s_, epochs=e_), s_, e_)]
     md = out / "grokking_tables.md"
     atomic_write(md, lambda p: p.write_text("".join(parts)))
     js = out / "grokking_tests.json"

@@ -489,6 +489,14 @@ PAPER = Study(
 """The paper's study (section 5) for :func:`lr_jax.experiment.training_loop.drive`: one tick per epoch."""
 
 
+def _study_of(cfg, workdir: str | Path) -> str:
+    """The study a run belongs to: a resume's is the recorded one (its command line need not name it)."""
+    recorded = Path(workdir).expanduser() / CONFIG_FILE
+    if cfg.resume and recorded.is_file():
+        return read_yaml(recorded, what="recorded config").get("study", "paper")
+    return getattr(cfg, "study", "paper")
+
+
 def train_and_evaluate(cfg, workdir: str | Path, given=None) -> list[dict]:
     """Trains the study's MLP and tracks local bounds; writes the run files into ``workdir``.
 
@@ -516,7 +524,7 @@ def train_and_evaluate(cfg, workdir: str | Path, given=None) -> list[dict]:
       TrainingDiverged: a non-finite loss (the run is marked ``failed``).
       RunInterrupted: SIGINT/SIGTERM (the run is marked ``interrupted``).
     """
-    if getattr(cfg, "study", "paper") == "grokking":
+    if _study_of(cfg, workdir) == "grokking":
         from lr_jax.experiment import grokking
 
         return run_guarded(cfg, workdir, given, lambda c, w, s, stop: drive(grokking.GROKKING, c, w, s, stop), length_key=None)
