@@ -5,6 +5,9 @@ device (pure: it composes with ``jax.vmap`` over stacked seeds);
 :func:`category_results` adds the exact counts (host NumPy and a conic
 solver) and the per-category summaries; :func:`rows_and_arrays` turns a
 result into ``metrics.jsonl`` rows and ``bounds.npz`` fields.
+:func:`measures_at_radii` and :func:`exact_counts_at` are the same at several
+radii, with the cross-polytope proxy beside the certified counts (the
+grokking study).
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from lr_jax import local_bounds, sample_regions, single_region_radius
+from lr_jax import frame_complexity, local_bounds, sample_regions, single_region_radius
 from lr_jax.experiment.bound_summary import summarise_category
 from lr_jax.experiment.training_loop import show_progress
 
@@ -180,3 +183,41 @@ def rows_and_arrays(epoch: int, radius: float, result: dict, common: dict, seed:
     return rows, per_point
 
 
+
+
+def measures_at_radii(layers, points: dict[str, jax.Array], radii, methods, key: jax.Array, *, num_vertices: int = 50,
+                      num_samples: int = 128, num_chords: int = 4) -> dict[str, jax.Array]:
+    """Every device measure around every point of every category at every radius (pure: vmaps over seeds).
+
+    Per category ``c`` (key ``fold_in(key, index of c)``) and radius, as asked
+    in ``methods``: ``c_frame`` (:func:`lr_jax.frame_complexity`'s crossed
+    neurons, a lower estimate of the neurons that cut the ball), ``c_paper``
+    (Algorithm 1's ``C``: certified unstable neurons), ``c_tight`` and
+    ``c_tight_log2`` (the tight bound's unstable neurons and ``log2`` region
+    bound), ``c_sampled`` (regions found by sampling, a lower bound); each
+    ``[n, R]``, with ``frame <= tight <= paper`` and ``sampled <= 2^tight_log2 <= 2^paper``.
+    """
+    out = {}
+    for i, (name, xs) in enumerate(points.items()):
+        k = jax.random.fold_in(key, i)
+        if "frame" in methods:
+            out[f"{name}_frame"] = frame_complexity(layers, xs, radii, key=jax.random.fold_in(k, 0), num_vertices=num_vertices).num_crossed
+        if "paper" in methods:
+            out[f"{name}_paper"] = local_bounds(layers, xs, radii, masks=False).num_unstable
+        if "tight" in methods:
+            tight = local_bounds(layers, xs, radii, method="tight", masks=False)
+            out[f"{name}_tight"], out[f"{name}_tight_log2"] = tight.num_unstable, tight.log2_bound
+        if "sampled" in methods:
+            out[f"{name}_sampled"] = sample_regions(layers, xs, radii, jax.random.fold_in(k, 1), num_samples=num_samples, num_chords=num_chords)
+    return out
+
+
+def exact_counts_at(layers, xs: np.ndarray, radius: float, max_regions: int, max_seconds: float) -> tuple[np.ndarray, np.ndarray]:
+    """Exact region counts around ``xs [k, d]`` at ``radius`` (host): ``(count [k], complete [k])``.
+
+    A count stopped by ``max_regions`` or ``max_seconds`` is a lower bound (``complete`` False).
+    """
+    from lr_jax import count_regions  # needs the `exact` extra's conic solver: only when asked for
+
+    counts = [count_regions(layers, x, radius, max_regions=max_regions, max_seconds=max_seconds) for x in xs]
+    return np.array([c.count for c in counts], np.int64), np.array([c.complete for c in counts], bool)

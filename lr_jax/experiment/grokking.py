@@ -26,7 +26,7 @@ point). This module runs that setting in the shared driver
   pair of test points with different predictions, the point of the segment
   between them where the prediction changes, by bisection: there the top two
   logits tie);
-* measures (:func:`device_measures`), at every radius of ``grokking.radii``:
+* measures (:func:`lr_jax.experiment.category_bounds.measures_at_radii`), at every radius of ``grokking.radii``:
   ``frame`` (:func:`lr_jax.frame_complexity`, crossed neurons: a lower
   estimate of the neurons that cut the ball), ``paper`` (Algorithm 1's ``C``:
   certified unstable neurons, an upper bound on them, and ``log2`` of its
@@ -61,9 +61,9 @@ import numpy as np
 import optax
 from flax.training.train_state import TrainState
 
-from lr_jax import frame_complexity, layers_from_flax, local_bounds, sample_regions
+from lr_jax import layers_from_flax
 from lr_jax.experiment import checkpoints
-from lr_jax.experiment.category_bounds import common_fields
+from lr_jax.experiment.category_bounds import common_fields, exact_counts_at, measures_at_radii
 from lr_jax.experiment.experiment import CONFIG_FILE, RunKeys, run_keys, run_seeds, stack_trees, stacked_run_keys, unstack_tree
 from lr_jax.experiment.mnist_io import MnistSplits, load_mnist
 from lr_jax.experiment.models import MLP, init_mlp
@@ -277,34 +277,10 @@ def boundary_points(apply_fn, params, test_x: jax.Array, pairs: jax.Array, num_b
     return x, jnp.any(differ, axis=1), top[:, 0] - top[:, 1]
 
 
-def device_measures(params, apply_fn, points: dict, radii, methods, key: jax.Array, g) -> dict:
-    """Every device measure around every point at every radius (pure: vmaps over stacked seeds).
-
-    Returns:
-      ``{"<category>_<measure>": [n, R]}`` for measures ``frame``, ``paper``
-      (``C``), ``tight`` (its unstable neurons), ``tight_log2`` and
-      ``sampled`` (regions found), as asked in ``methods``.
-    """
-    layers = layers_from_flax(params)
-    out = {}
-    for i, (name, xs) in enumerate(points.items()):
-        k = jax.random.fold_in(key, i)
-        if "frame" in methods:
-            out[f"{name}_frame"] = frame_complexity(layers, xs, radii, key=jax.random.fold_in(k, 0), num_vertices=g.num_vertices).num_crossed
-        if "paper" in methods:
-            out[f"{name}_paper"] = local_bounds(layers, xs, radii, masks=False).num_unstable
-        if "tight" in methods:
-            tight = local_bounds(layers, xs, radii, method="tight", masks=False)
-            out[f"{name}_tight"], out[f"{name}_tight_log2"] = tight.num_unstable, tight.log2_bound
-        if "sampled" in methods:
-            out[f"{name}_sampled"] = sample_regions(layers, xs, radii, jax.random.fold_in(k, 1), num_samples=g.num_samples, num_chords=g.num_chords)
-    return out
-
-
 def make_eval_fn(apply_fn, cfg):
     """Jitted evaluation of K stacked seeds: ``(params, data, key) -> (arrays, metrics [K, 4])``.
 
-    ``arrays``: :func:`device_measures` on the four categories (the boundary
+    ``arrays``: :func:`~lr_jax.experiment.category_bounds.measures_at_radii` on the four categories (the boundary
     points found at this evaluation) plus ``boundary_valid``, ``boundary_gap``,
     and ``points_boundary`` (for the exact counter); ``metrics``: train loss,
     train accuracy, test loss, test accuracy (the study's loss).
@@ -319,21 +295,13 @@ def make_eval_fn(apply_fn, cfg):
     def one_seed(params, data: GrokkingData, key):
         boundary, valid, gap = boundary_points(apply_fn, params, data.test_x, data.pairs, g.boundary_bisect)
         points = {name: data.points[name] for name in CATEGORIES[:3]} | {"boundary": boundary}
-        arrays = device_measures(params, apply_fn, points, radii, methods, key, g)
+        arrays = measures_at_radii(layers_from_flax(params), points, radii, methods, key, num_vertices=g.num_vertices,
+                                   num_samples=g.num_samples, num_chords=g.num_chords)
         arrays.update(boundary_valid=valid, boundary_gap=gap, points_boundary=boundary)
         return arrays, jnp.stack([*metrics(params, data.train_x, data.train_y), *metrics(params, data.test_x, data.test_y)])
 
     batched = jax.jit(jax.vmap(one_seed))
     return lambda params, data, key: batched(params, data._replace(train_index=None), key)
-
-
-def _exact(layers, xs: np.ndarray, g) -> tuple[np.ndarray, np.ndarray]:
-    """Exact region counts at the smallest radius around ``xs [k, d]`` (host): ``(count [k], complete [k])``."""
-    from lr_jax import count_regions  # needs the `exact` extra's conic solver: only when asked for
-
-    r = float(min(g.radii))
-    counts = [count_regions(layers, x, r, max_regions=g.exact_max_regions, max_seconds=g.exact_max_seconds) for x in xs]
-    return np.array([c.count for c in counts], np.int64), np.array([c.complete for c in counts], bool)
 
 
 def _summary(name: str, arrays: dict, valid: np.ndarray, radii, exact: tuple | None) -> dict:
@@ -397,7 +365,8 @@ def evaluate(run: "Run", state: TrainState, step: int) -> EvalRecord:
             exact = None
             if layers is not None:
                 xs = a["points_boundary"] if name == "boundary" else np.asarray(run.data.points[name][i])
-                exact = _exact(layers, np.asarray(xs[: g.exact_points], np.float64), g)
+                exact = exact_counts_at(layers, np.asarray(xs[: g.exact_points], np.float64), float(min(g.radii)),
+                                        g.exact_max_regions, g.exact_max_seconds)
                 seed_points[f"{name}_exact_count"], seed_points[f"{name}_exact_complete"] = exact
             head = {"step": step} if k == 1 else {"step": step, "seed": seed}
             rows.append({**head, "category": name, **_summary(name, a, valid, radii, exact), **common})
