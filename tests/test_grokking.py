@@ -108,6 +108,20 @@ def test_a_tiny_study_runs_end_to_end_and_its_measures_are_sandwiched(tmp_path):
     tests = json.loads((tmp_path / "report" / "grokking_tests.json").read_text())["tests"]
     assert {t["hypothesis"] for t in tests} >= {"H1"}
 
+    # Two runs of one alpha, or a complete run that lost its last rows: refused in one line, not averaged away.
+    import shutil
+
+    from lr_jax.experiment.run_files import RunFileError
+
+    for name in ("a", "b"):
+        shutil.copytree(tmp_path / "run", tmp_path / "two" / name)
+    with pytest.raises(RunFileError, match="a second run with grokking.alpha=8"):
+        report_study(tmp_path / "two", tmp_path / "report2")
+    lines = (tmp_path / "two" / "b" / "metrics.jsonl").read_text().splitlines(keepends=True)
+    (tmp_path / "two" / "b" / "metrics.jsonl").write_text("".join(lines[:-4]))
+    with pytest.raises(RunFileError, match="metrics do not match"):
+        report_study(tmp_path / "two" / "b", tmp_path / "report3")
+
 
 @pytest.mark.slow  # three tiny runs
 def test_an_interrupted_study_resumes_to_the_same_files(tmp_path, monkeypatch):

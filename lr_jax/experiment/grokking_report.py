@@ -427,22 +427,37 @@ def load_runs(multirun_dir: str | Path) -> dict:
       FileNotFoundError: no run folder.
       RunFileError: a damaged file (named), or a run that is not complete.
     """
-    from lr_jax.experiment.run_files import RunFileError, read_json, read_metrics, read_yaml
+    from lr_jax.experiment.experiment import run_seeds
+    from lr_jax.experiment.grokking import CATEGORIES, eval_steps
+    from lr_jax.experiment.run_files import RunFileError, read_json, read_yaml
+    from lr_jax.experiment.run_records import records_up_to
 
     root = Path(multirun_dir)
     dirs = [root] if (root / "config.yaml").is_file() else sorted(p.parent for p in root.glob("*/config.yaml"))
     if not dirs:
         raise FileNotFoundError(f"{root}: no grokking run (no */config.yaml); run `python scripts/train.py -m experiment=grokking` first.")
-    runs = {}
+    runs, where = {}, {}
     for d in dirs:
         cfg = read_yaml(d / "config.yaml", what="recorded config")
         if cfg.get("study") != "grokking":
             raise RunFileError(f"{d}: not a grokking run (study={cfg.get('study')!r}); point the report at the grokking sweep's folder.")
         status = read_json(d / "status.json", what="run status") if (d / "status.json").is_file() else {}
         if status.get("status") != "complete":
-            raise RunFileError(f"{d}: run is {status.get('status', 'not started')}, not complete; finish it with "
-                               f"`python scripts/train.py resume=true hydra.run.dir={d}`.")
-        runs[float(cfg["grokking"]["alpha"])] = read_metrics(d / "metrics.jsonl", time_key="step")
+            what = status.get("status", "not started")
+            fix = ("wait for it to finish" if what == "running" else
+                   f"finish it with `python scripts/train.py resume=true hydra.run.dir={d}`")
+            raise RunFileError(f"{d}: run is {what}, not complete; {fix}.")
+        alpha = float(cfg["grokking"]["alpha"])
+        if alpha in runs:
+            raise RunFileError(f"{d}: a second run with grokking.alpha={alpha:g} (the first: {where[alpha]}); the report compares "
+                               "one run per alpha: point it at a folder holding one run of each alpha.")
+        g = cfg["grokking"]
+        # every (step, seed, category) of the schedule, and the per-point arrays to the last step (one line if not)
+        rows, _ = records_up_to(d, eval_steps(g["steps"], g["num_evals"]), g["steps"], run_seeds(cfg), CATEGORIES, "step")
+        runs[alpha], where[alpha] = rows, d
+    radii = {tuple(r["radii"]) for rows in runs.values() for r in rows}
+    if len(radii) > 1:
+        raise RunFileError(f"{root}: the runs measured different grokking.radii {sorted(radii)}; report runs of one setting together.")
     return runs
 
 
