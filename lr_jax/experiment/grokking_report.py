@@ -36,6 +36,7 @@ radii x parts) per ``alpha``.
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Sequence
@@ -48,6 +49,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 from scipy import stats  # noqa: E402
 
 from lr_jax.experiment import claim_statistics as cs  # noqa: E402
+from lr_jax.experiment.experiment import run_seeds  # noqa: E402
+from lr_jax.experiment.grokking import CATEGORIES, eval_steps  # noqa: E402
+from lr_jax.experiment.run_files import RunFileError, atomic_write, json_safe, read_json, read_yaml  # noqa: E402
+from lr_jax.experiment.run_records import records_up_to  # noqa: E402
 
 MEASURES = ("frame", "tight", "paper")
 MEASURE_LABELS = {"frame": "proxy (crossed neurons)", "tight": "tight (certified unstable)", "paper": "paper C (certified unstable)"}
@@ -276,24 +281,34 @@ def _mean_curve(rows, category, field):
     return np.maximum(steps, 0.5), np.nanmean(v, axis=0), v
 
 
+def _accuracy_panel(ax, rows, label: str) -> None:
+    """Mean train (solid) and test (dashed) accuracy against steps."""
+    for field, style in (("train_accuracy", "-"), ("test_accuracy", "--")):
+        steps, mean, _ = _mean_curve(rows, "train", field)
+        ax.plot(steps, mean, style, color="k", label=field.replace("_", " "))
+    ax.set_ylabel(label)
+    ax.legend(fontsize=7)
+
+
+def _measure_panels(axes, rows, present, radius_index: int, radius: float, bands: bool) -> None:
+    """One panel per neuron measure: every category's mean (and, with ``bands``, its 2.5-97.5 % range over seeds)."""
+    for ax, m in zip(axes, present):
+        for cat, colour in COLOURS.items():
+            steps, mean, v = _mean_curve(rows, cat, f"{m}_r{radius_index}")
+            ax.plot(steps, mean, color=colour, label=cat)
+            if bands:
+                ax.fill_between(steps, *np.nanpercentile(v, [2.5, 97.5], axis=0), color=colour, alpha=0.15, lw=0)
+        ax.set_title(f"{MEASURE_LABELS[m]}, r = {radius:g}", fontsize=9)
+
+
 def plot_run(rows: Sequence[dict], path: str | Path, title: str = "") -> None:
     """One run: accuracy, then each measure at each radius, every category, against steps (log axis; step 0 at 0.5)."""
     radii = next(r["radii"] for r in rows)
     present = [m for m in MEASURES if any(f"{m}_r0" in r for r in rows)]
     fig, axes = plt.subplots(len(radii), len(present) + 1, figsize=(4.2 * (len(present) + 1), 3.2 * len(radii)), squeeze=False)
     for i, radius in enumerate(radii):
-        ax = axes[i, 0]
-        for field, style in (("train_accuracy", "-"), ("test_accuracy", "--")):
-            steps, mean, _ = _mean_curve(rows, "train", field)
-            ax.plot(steps, mean, style, color="k", label=field.replace("_", " "))
-        ax.set_ylabel("accuracy")
-        ax.legend(fontsize=7)
-        for j, m in enumerate(present, 1):
-            ax = axes[i, j]
-            for cat, colour in COLOURS.items():
-                steps, mean, _ = _mean_curve(rows, cat, f"{m}_r{i}")
-                ax.plot(steps, mean, color=colour, label=cat)
-            ax.set_title(f"{MEASURE_LABELS[m]}, r = {radius:g}", fontsize=9)
+        _accuracy_panel(axes[i, 0], rows, "accuracy")
+        _measure_panels(axes[i, 1:], rows, present, i, radius, bands=False)
         axes[i, 1].legend(fontsize=7)
     for ax in axes.flat:
         ax.set_xscale("log")
@@ -325,19 +340,8 @@ def plot_study(runs: dict, path: str | Path, radius_index: int) -> None:
         rows = runs[alpha]
         radius = next(r["radii"] for r in rows)[radius_index]
         t_fit = fit_step(rows)
-        ax = axes[a, 0]
-        for field, style in (("train_accuracy", "-"), ("test_accuracy", "--")):
-            steps, mean, v = _mean_curve(rows, "train", field)
-            ax.plot(steps, mean, style, color="k", label=field.replace("_", " "))
-        ax.set_ylabel(f"alpha = {alpha:g}\naccuracy")
-        ax.legend(fontsize=7)
-        for j, m in enumerate(present, 1):
-            ax = axes[a, j]
-            for cat, colour in COLOURS.items():
-                steps, mean, v = _mean_curve(rows, cat, f"{m}_r{radius_index}")
-                ax.plot(steps, mean, color=colour, label=cat)
-                ax.fill_between(steps, *np.nanpercentile(v, [2.5, 97.5], axis=0), color=colour, alpha=0.15, lw=0)
-            ax.set_title(f"{MEASURE_LABELS[m]}, r = {radius:g}", fontsize=9)
+        _accuracy_panel(axes[a, 0], rows, f"alpha = {alpha:g}\naccuracy")
+        _measure_panels(axes[a, 1 : 1 + len(present)], rows, present, radius_index, radius, bands=True)
         if regions:
             ax = axes[a, -1]
             for cat, colour in COLOURS.items():
@@ -427,10 +431,6 @@ def load_runs(multirun_dir: str | Path) -> dict:
       FileNotFoundError: no run folder.
       RunFileError: a damaged file (named), or a run that is not complete.
     """
-    from lr_jax.experiment.experiment import run_seeds
-    from lr_jax.experiment.grokking import CATEGORIES, eval_steps
-    from lr_jax.experiment.run_files import RunFileError, read_json, read_yaml
-    from lr_jax.experiment.run_records import records_up_to
 
     root = Path(multirun_dir)
     dirs = [root] if (root / "config.yaml").is_file() else sorted(p.parent for p in root.glob("*/config.yaml"))
@@ -463,9 +463,6 @@ def load_runs(multirun_dir: str | Path) -> dict:
 
 def report_study(multirun_dir: str | Path, out: str | Path, *, seed: int = 0, calibrate: int = 0) -> list[Path]:
     """Figures, test tables and ``grokking_tests.json`` of a grokking sweep into ``out``; returns the paths written."""
-    import json
-
-    from lr_jax.experiment.run_files import atomic_write, json_safe
 
     runs = load_runs(multirun_dir)
     out = Path(out)
