@@ -301,6 +301,20 @@ def _measure_panels(axes, rows, present, radius_index: int, radius: float, bands
         ax.set_title(f"{MEASURE_LABELS[m]}, r = {radius:g}", fontsize=9)
 
 
+def _save(fig, axes, path, xlabel: str, title: str = "") -> None:
+    """Log step axes and grids on every panel, the x label on the bottom row, then the PNG."""
+    for ax in axes.flat:
+        ax.set_xscale("log")
+        ax.grid(alpha=0.3)
+    for ax in axes[-1]:
+        ax.set_xlabel(xlabel)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90, format="png")
+    plt.close(fig)
+
+
 def plot_run(rows: Sequence[dict], path: str | Path, title: str = "") -> None:
     """One run: accuracy, then each measure at each radius, every category, against steps (log axis; step 0 at 0.5)."""
     radii = next(r["radii"] for r in rows)
@@ -310,15 +324,7 @@ def plot_run(rows: Sequence[dict], path: str | Path, title: str = "") -> None:
         _accuracy_panel(axes[i, 0], rows, "accuracy")
         _measure_panels(axes[i, 1:], rows, present, i, radius, bands=False)
         axes[i, 1].legend(fontsize=7)
-    for ax in axes.flat:
-        ax.set_xscale("log")
-        ax.grid(alpha=0.3)
-    for ax in axes[-1]:
-        ax.set_xlabel("step (0 drawn at 0.5)")
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90, format="png")
-    plt.close(fig)
+    _save(fig, axes, path, "step (0 drawn at 0.5)", title)
 
 
 def plot_study(runs: dict, path: str | Path, radius_index: int) -> None:
@@ -355,14 +361,7 @@ def plot_study(runs: dict, path: str | Path, radius_index: int) -> None:
             if t_fit is not None:
                 ax.axvline(max(t_fit, 0.5), color="grey", ls=":", lw=1)
         axes[a, 1].legend(fontsize=7)
-    for ax in axes.flat:
-        ax.set_xscale("log")
-        ax.grid(alpha=0.3)
-    for ax in axes[-1]:
-        ax.set_xlabel("step (0 drawn at 0.5; grey dotted: t_fit)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=90, format="png")
-    plt.close(fig)
+    _save(fig, axes, path, "step (0 drawn at 0.5; grey dotted: t_fit)")
 
 
 # ---------------------------------------------------------------------------
