@@ -255,8 +255,8 @@ def claim_intervals(rows: Sequence[dict], metric: str = "mean_log2_bound", *, se
     """Each claim as a calibrated test with its 95 % interval (:mod:`claim_statistics`).
 
     A test holds for a (lr, depth, category) when its one-sided p-value is
-    at most 0.025 (equivalently, its interval excludes zero in the claimed
-    direction); beside that raw verdict each row carries the Holm and
+    at most 0.025 (then its interval excludes zero in the claimed
+    direction; :mod:`claim_statistics`); beside that raw verdict each row carries the Holm and
     Benjamini-Hochberg verdicts within the claim's family
     (:func:`with_corrections`). ``metric`` is the local-complexity measure judged
     in claims 1, 3 and 4: ``mean_log2_bound`` (mean ``C``), or

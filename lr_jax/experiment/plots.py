@@ -191,13 +191,14 @@ def plot_figure3(rows: Sequence[dict], out_dir: str | Path, stem: str = "figure3
         ("mean_single_region_radius", "mean distance to the nearest region boundary", "radius"),
         ("mean_log2_bound", "mean C = log2 of the bound", "log2"),
     ):
-        fig, axes = plt.subplots(1, len(lrs), figsize=(6.5 * len(lrs), 4.5), squeeze=False)
+        fig, axes = plt.subplots(1, len(lrs), figsize=(6.5 * len(lrs), 5.2), squeeze=False)
         letters = iter("abcdefghij")
         for i, lr in enumerate(lrs):
             _panel(axes[0, i], rows, lr, metric, ylabel, next(letters), log_axis=False)
-        axes[0, 0].legend(fontsize=8, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.14))  # below (a): hides no line
+        # Below the panels, in space kept free for it: inside (a) it hid curves, hung below (a) it covered the x label.
+        fig.legend(*axes[0, 0].get_legend_handles_labels(), fontsize=8, ncol=4, loc="lower center")
         fig.suptitle(BAND_NOTE, fontsize=9)
-        fig.tight_layout()
+        fig.tight_layout(rect=(0, 0.1, 1, 1))
         written += _save_figure(fig, out_dir, f"{stem}_{suffix}", dpi=120)
     return written
 

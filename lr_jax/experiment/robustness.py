@@ -96,7 +96,7 @@ def robustness_markdown(intervals: Sequence[dict], title: str = "How robust are 
     lines = [f"### {title}", "",
              "Tests held, per learning rate (" + " / ".join(f"lr {lr:g}" for lr in lrs) + "), over depths and "
              "categories, as raw (Holm) counts: raw, a test holds when its one-sided p-value is at most 0.025 "
-             "(its 95 % interval excludes zero in the claimed direction); Holm, after Holm's correction within "
+             "(then its 95 % interval excludes zero in the claimed direction); Holm, after Holm's correction within "
              "the claim's family of the setting (lr x depth x category):", ""]
     random_categories = tuple(sorted({r["category"] for r in intervals} - set(DATA_CATEGORIES)))
     for name, cats in (("every category", None), ("data categories (train, test)", DATA_CATEGORIES),
