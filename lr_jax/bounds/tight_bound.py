@@ -71,7 +71,9 @@ later relaxation exactly (slope 1 or 0, whatever its interval). So the
 backward pass is run only for the ``C_t`` neurons Algorithm 1 leaves
 unstable: their indices are gathered and bounded ``neuron_block`` at a time
 (one-hot rows moved through each map's transpose, ``jax.linear_transpose``:
-a transposed conv for a conv), so memory is ``O(neuron_block * n_k)`` per
+for a conv the transpose of whichever of XLA's conv, its taps form or its
+banded-matmul form runs fastest, so mostly matmuls,
+:func:`lr_jax.networks.tracing._conv_form`), so memory is ``O(neuron_block * n_k)`` per
 earlier layer ``k`` and never ``[n_t x n_k]``. Every neuron's bound is the
 number the all-neurons pass gives (the rows are independent). Through
 convolutional layers the rows stay in each neuron's receptive field
