@@ -265,7 +265,10 @@ def _padded_windows(model: Model, plan, relax: dict, offsets: dict, x) -> dict:
         else:
             r = relax[k]
             shape = tuple(model.nodes[k - 1].shape)
-            data = jnp.stack([r.lower_slope, r.upper_slope, r.upper_offset, offsets[k].reshape(-1)], axis=-1)
+            b = offsets[k].reshape(-1)
+            # the constant a row picks up at layer k, per unit coefficient, by its sign (block_bounds)
+            data = jnp.stack([r.lower_slope, r.upper_slope, r.lower_slope * b, r.upper_slope * b + r.upper_offset],
+                             axis=-1)
             data = data.reshape(shape + (4,))
         out[k] = receptive_fields.pad_layer(data, window)
     return out

@@ -614,7 +614,8 @@ def _conv_by_rows(lhs, rhs, params: dict):
     cols = []
     for tap in np.ndindex(*window[:-1]):
         start = [0] + [tap[i] * dilation[i] for i in range(nd - 1)] + [0, 0]
-        limit = [x.shape[0]] + [start[1 + i] + (out[i] - 1) * strides[i] + 1 for i in range(nd - 1)] + list(x.shape[-2:])
+        ends = [start[1 + i] + (out[i] - 1) * strides[i] + 1 for i in range(nd - 1)]
+        limit = [x.shape[0]] + ends + list(x.shape[-2:])
         piece = jax.lax.slice(x, start, limit, [1] + list(strides[:-1]) + [1, 1])
         cols.append(piece.reshape(piece.shape[:-2] + (-1,)))
     patches = jnp.concatenate(cols, axis=-1)  # [N, *out', taps' * W_in * I], taps' major as in the kernel
