@@ -101,6 +101,33 @@ def test_conv_forms_and_their_transposes_equal_the_convolution(in_shape, k_shape
         np.testing.assert_allclose(np.asarray(moved), np.asarray(want), rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("dn", [("NCHW", "OIHW", "NCHW"), ("NHWC", "OIHW", "NCHW")])
+@pytest.mark.parametrize("features, width, form", [((1, 32), 28, "taps"), ((8, 8), 7, "rows"), ((32, 32), 7, "xla")])
+def test_channels_first_conv_traced_for_transposing_is_the_same_map(dn, features, width, form):
+    """The layout rewrite composes with the form picked for the backward pass: values and transposes equal lax's."""
+    with jax.enable_x64(True):
+        rng = np.random.default_rng(1)
+        lhs_shape = {"N": 2, "C": features[0], "H": 9, "W": width}
+        rhs_shape = {"O": features[1], "I": features[0], "H": 3, "W": 3}
+        lhs = jnp.asarray(rng.normal(size=[lhs_shape[c] for c in dn[0]]))
+        rhs = jnp.asarray(rng.normal(size=[rhs_shape[c] for c in dn[1]]))
+
+        def conv(a):
+            return lax.conv_general_dilated(a, rhs, (1, 2), "SAME", dimension_numbers=dn,
+                                            precision=lax.Precision.HIGHEST)
+
+        params = jax.make_jaxpr(conv)(lhs).jaxpr.eqns[0].params
+        assert tracing._conv_form(params, (2, 9, width, features[0]), (3, 3) + features, transposing=True) == form
+        direct = conv(lhs)
+        got = _conv_channels_last(params, lhs, rhs, transposing=True)
+        np.testing.assert_allclose(np.asarray(got), np.asarray(direct), rtol=1e-12, atol=1e-12)
+        rows = jnp.asarray(rng.normal(size=direct.shape))
+        primal = jax.ShapeDtypeStruct(lhs.shape, lhs.dtype)
+        want = jax.linear_transpose(conv, primal)(rows)[0]
+        moved = jax.linear_transpose(lambda a: _conv_channels_last(params, a, rhs, transposing=True), primal)(rows)[0]
+        np.testing.assert_allclose(np.asarray(moved), np.asarray(want), rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize("kind", ["cnn_overlap", "conv_bn_pool"])
 @pytest.mark.parametrize("form", ["xla", "taps", "rows"])
 def test_backward_is_the_transpose_of_the_map(monkeypatch, kind, form):
