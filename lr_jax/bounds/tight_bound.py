@@ -71,7 +71,9 @@ later relaxation exactly (slope 1 or 0, whatever its interval). So the
 backward pass is run only for the ``C_t`` neurons Algorithm 1 leaves
 unstable: their indices are gathered and bounded ``neuron_block`` at a time
 (one-hot rows moved through each map's transpose, ``jax.linear_transpose``:
-a transposed conv for a conv), so memory is ``O(neuron_block * n_k)`` per
+for a conv the transpose of whichever of XLA's conv, its taps form or its
+banded-matmul form runs fastest, so mostly matmuls,
+:func:`lr_jax.networks.tracing._conv_form`), so memory is ``O(neuron_block * n_k)`` per
 earlier layer ``k`` and never ``[n_t x n_k]``. Every neuron's bound is the
 number the all-neurons pass gives (the rows are independent). Through
 convolutional layers the rows stay in each neuron's receptive field
@@ -263,7 +265,10 @@ def _padded_windows(model: Model, plan, relax: dict, offsets: dict, x) -> dict:
         else:
             r = relax[k]
             shape = tuple(model.nodes[k - 1].shape)
-            data = jnp.stack([r.lower_slope, r.upper_slope, r.upper_offset, offsets[k].reshape(-1)], axis=-1)
+            b = offsets[k].reshape(-1)
+            # the constant a row picks up at layer k, per unit coefficient, by its sign (block_bounds)
+            data = jnp.stack([r.lower_slope, r.upper_slope, r.lower_slope * b, r.upper_slope * b + r.upper_offset],
+                             axis=-1)
             data = data.reshape(shape + (4,))
         out[k] = receptive_fields.pad_layer(data, window)
     return out

@@ -23,7 +23,9 @@ The per-layer maps are evaluated by a small interpreter over the traced
 equations, in four modes: the value (``apply``), the linear part on a batch
 of tangent directions (``linear``: the map applied to the ``d`` input
 directions of ``L``, a conv applied as a conv), its transpose (``backward``,
-for backward bound propagation), and ``|M|^T u`` (``abs_linear``). The last
+for backward bound propagation: a conv traced in the form whose transpose
+runs fastest, often a banded matmul, see ``_conv_form``), and ``|M|^T u``
+(``abs_linear``). The last
 is computed without forming ``M`` by running the linear part with every
 constant operand of a product replaced by its absolute value. That equals
 ``|M|^T u`` exactly when no two paths from one source element to one target
@@ -489,26 +491,67 @@ class _Graph:
         return hash(self.key)
 
 
-def _eval_eqn(eqn: _Eqn, vals):
+def _eval_eqn(eqn: _Eqn, vals, transposing: bool = False):
+    """Bind one equation; a convolution runs channels-last, in the form :func:`_conv_form` picks."""
     if eqn.prim.name == "conv_general_dilated":
-        return [_conv_channels_last(eqn.params, *vals)]
+        return [_conv_channels_last(eqn.params, *vals, transposing=transposing)]
     out = eqn.prim.bind(*vals, **eqn.params)
     return out if eqn.prim.multiple_results else [out]
 
 
 # Convolutions reading at most this many input features run as shifted slices and one matmul.
 _TAPS_MAX_FEATURES = 4
+# A conv traced to be transposed whose input and output features are both at least this many
+# runs as XLA's convolution: its transpose then runs near matmul speed on XLA's CPU.
+_XLA_MIN_FEATURES = 32
+# XLA-CPU cost of one shifted-add element in matmul flops (the transposes' cost model, _conv_form):
+# about 0.9 ns an element against 7.5 ps a flop, measured on the transposes of small-channel convs.
+_ADD_FLOPS = 120
 
 
-def _by_taps(params: dict, rhs) -> bool:
-    """Whether a channels-last conv (kernel ``[*window, I, O]``) is evaluated by :func:`_conv_by_taps`."""
-    return (
-        rhs.shape[-2] <= _TAPS_MAX_FEATURES
-        and params["feature_group_count"] == 1
+def _conv_form(params: dict, lhs_shape: tuple, rhs_shape: tuple, transposing: bool = False) -> str:
+    """How a channels-last conv (``lhs [N, *S, I]``, kernel ``[*window, I, O]``) is evaluated.
+
+    ``"xla"`` (XLA's convolution), ``"taps"`` (:func:`_conv_by_taps`) or
+    ``"rows"`` (:func:`_conv_by_rows`): the same map, in forms whose cost on
+    XLA's CPU differs. A conv run forward (values, ``d`` input directions)
+    runs by taps when it reads at most ``_TAPS_MAX_FEATURES`` features, else
+    as XLA's. A conv traced only to be transposed (``transposing``:
+    :meth:`GraphNode.backward`, the tight bound's rows) runs as XLA's when
+    ``I`` and ``O`` are both at least ``_XLA_MIN_FEATURES``; otherwise
+    XLA's transposed convolution runs far below matmul speed (4 to 8 times
+    slower than the better form on LeNet-5's convs, measured), and the form
+    whose transpose costs least by the model ``F + _ADD_FLOPS * E`` is
+    taken: ``F`` the matmul's flops, ``E`` the elements of its shifted adds,
+    per row, ``2 |out| |window| I O`` and ``|window| |out| I`` by taps,
+    ``2 |out'| |window'| W_in I W_out O`` and ``|window'| |out'| W_in I``
+    by rows (``'``: without the last spatial axis, ``W`` its size).
+    """
+    plain = (
+        params["feature_group_count"] == 1
         and params["batch_group_count"] == 1
         and all(d == 1 for d in params["lhs_dilation"])
         and all(lo >= 0 and hi >= 0 for lo, hi in params["padding"])
     )
+    features_in, features_out = rhs_shape[-2], rhs_shape[-1]
+    if not plain:
+        return "xla"
+    if not transposing:
+        return "taps" if features_in <= _TAPS_MAX_FEATURES else "xla"
+    if min(features_in, features_out) >= _XLA_MIN_FEATURES:
+        return "xla"
+    nd = len(lhs_shape) - 2
+    if nd == 0:  # no spatial axis: the taps form is one matmul
+        return "taps"
+    window = rhs_shape[:nd]
+    strides, dilation = params["window_strides"], params["rhs_dilation"]
+    out = [(lhs_shape[1 + i] + sum(params["padding"][i]) - (window[i] - 1) * dilation[i] - 1) // strides[i] + 1
+           for i in range(nd)]
+    io = features_in * features_out
+    taps = 2 * math.prod(out) * math.prod(window) * io + _ADD_FLOPS * math.prod(window) * math.prod(out) * features_in
+    lead = math.prod(out[:-1]) * math.prod(window[:-1]) * lhs_shape[nd] * features_in
+    rows = 2 * lead * out[-1] * features_out + _ADD_FLOPS * lead
+    return "rows" if rows < taps else "taps"
 
 
 def _conv_by_taps(lhs, rhs, params: dict):
@@ -538,7 +581,51 @@ def _conv_by_taps(lhs, rhs, params: dict):
     return y.astype(jnp.result_type(lhs.dtype, rhs.dtype)) if params.get("preferred_element_type") is None else y
 
 
-def _conv_channels_last(params: dict, lhs, rhs):
+def _conv_by_rows(lhs, rhs, params: dict):
+    """A channels-last convolution as taps over the leading spatial axes and one banded matmul over the last.
+
+    With ``x`` the last spatial axis and the others' taps ``tap'``,
+    ``y[n, q', q, o] = sum_{tap', x, i} x_pad[n, q' * stride + tap' * dilation, x, i] T[tap', x, i, q, o]``,
+    ``T[tap', x, i, q, o] = K[tap', t, i, o]`` where output ``q``'s tap ``t``
+    reads ``x = q * s - pad_lo + t * dil`` (else 0: the last axis' padding
+    reads nothing). Each entry of ``T`` is one kernel entry or 0 (one ``t``
+    per ``(x, q)``), so ``T`` is exact; the sums are the convolution's, in
+    another order. Its transpose (what :meth:`GraphNode.backward` runs) is
+    one matmul ``rows[..., q, o] @ T^T`` and a shifted add per leading tap
+    along the leading axes, whole rows ``(x, i)`` at a time: several times
+    faster on XLA's CPU than the transposed convolution, or than the taps
+    form's transpose (25 shifted adds of ``I`` features each for a 5x5
+    window), although ``T`` has ``W_in / window`` times the kernel's flops.
+    """
+    nd = lhs.ndim - 2
+    strides, dilation = params["window_strides"], params["rhs_dilation"]
+    window, w_in = rhs.shape[:nd], lhs.shape[nd]
+    (pad_lo, pad_hi), s, dil, kw = params["padding"][-1], strides[-1], dilation[-1], window[-1]
+    w_out = (w_in + pad_lo + pad_hi - (kw - 1) * dil - 1) // s + 1
+    band = np.zeros((kw, w_in, w_out))  # band[t, x, q] = 1 where output q's tap t reads input x
+    for t in range(kw):
+        for q in range(w_out):
+            xi = q * s - pad_lo + t * dil
+            if 0 <= xi < w_in:
+                band[t, xi, q] = 1.0
+    banded = jnp.einsum("...tio,txq->...xiqo", rhs, jnp.asarray(band, rhs.dtype), precision=_HIGHEST)
+    x = jnp.pad(lhs, [(0, 0)] + [tuple(p) for p in params["padding"][:-1]] + [(0, 0), (0, 0)])
+    out = [(x.shape[1 + i] - (window[i] - 1) * dilation[i] - 1) // strides[i] + 1 for i in range(nd - 1)]
+    cols = []
+    for tap in np.ndindex(*window[:-1]):
+        start = [0] + [tap[i] * dilation[i] for i in range(nd - 1)] + [0, 0]
+        ends = [start[1 + i] + (out[i] - 1) * strides[i] + 1 for i in range(nd - 1)]
+        limit = [x.shape[0]] + ends + list(x.shape[-2:])
+        piece = jax.lax.slice(x, start, limit, [1] + list(strides[:-1]) + [1, 1])
+        cols.append(piece.reshape(piece.shape[:-2] + (-1,)))
+    patches = jnp.concatenate(cols, axis=-1)  # [N, *out', taps' * W_in * I], taps' major as in the kernel
+    y = jnp.matmul(patches, banded.reshape(-1, w_out * rhs.shape[-1]), precision=_HIGHEST,
+                   preferred_element_type=params.get("preferred_element_type"))
+    y = y.reshape(y.shape[:-1] + (w_out, rhs.shape[-1]))
+    return y.astype(jnp.result_type(lhs.dtype, rhs.dtype)) if params.get("preferred_element_type") is None else y
+
+
+def _conv_channels_last(params: dict, lhs, rhs, transposing: bool = False):
     """A convolution evaluated in the channels-last layout (``NHWC``, ``HWIO``), whatever its own.
 
     The same numbers in the equation's own layout: the operands are
@@ -552,20 +639,25 @@ def _conv_channels_last(params: dict, lhs, rhs):
     last = tuple(range(nd + 2))
     lhs_perm = (dn.lhs_spec[0],) + tuple(dn.lhs_spec[2:]) + (dn.lhs_spec[1],)
     rhs_perm = tuple(dn.rhs_spec[2:]) + (dn.rhs_spec[1], dn.rhs_spec[0])
-    if lhs_perm == last and rhs_perm == last and dn.out_spec == dn.lhs_spec:
-        if _by_taps(params, rhs):
-            return _conv_by_taps(lhs, rhs, params)
-        return jax.lax.conv_general_dilated_p.bind(lhs, rhs, **params)
-    channels_last = jax.lax.ConvDimensionNumbers(
-        lhs_spec=(0, nd + 1) + tuple(range(1, nd + 1)),
-        rhs_spec=(nd + 1, nd) + tuple(range(nd)),
-        out_spec=(0, nd + 1) + tuple(range(1, nd + 1)),
-    )
-    lhs, rhs = jnp.transpose(lhs, lhs_perm), jnp.transpose(rhs, rhs_perm)
-    if _by_taps(params, rhs):
+    own = lhs_perm == last and rhs_perm == last and dn.out_spec == dn.lhs_spec
+    if not own:
+        lhs, rhs = jnp.transpose(lhs, lhs_perm), jnp.transpose(rhs, rhs_perm)
+    form = _conv_form(params, lhs.shape, rhs.shape, transposing)
+    if form == "taps":
         out = _conv_by_taps(lhs, rhs, params)
+    elif form == "rows":
+        out = _conv_by_rows(lhs, rhs, params)
+    elif own:
+        out = jax.lax.conv_general_dilated_p.bind(lhs, rhs, **params)
     else:
+        channels_last = jax.lax.ConvDimensionNumbers(
+            lhs_spec=(0, nd + 1) + tuple(range(1, nd + 1)),
+            rhs_spec=(nd + 1, nd) + tuple(range(nd)),
+            out_spec=(0, nd + 1) + tuple(range(1, nd + 1)),
+        )
         out = jax.lax.conv_general_dilated_p.bind(lhs, rhs, **{**params, "dimension_numbers": channels_last})
+    if own:
+        return out
     # out is (N, spatial..., C): put each axis back where the equation's layout has it
     where = {dn.out_spec[0]: 0, dn.out_spec[1]: nd + 1}
     where.update({dn.out_spec[2 + i]: 1 + i for i in range(nd)})
@@ -737,13 +829,14 @@ def _zeros(shape, like):
     return jnp.zeros(shape, like.dtype)
 
 
-def _linear_eqn(eqn: _Eqn, ins: list, dep: list, mode: str, g: _Graph):
+def _linear_eqn(eqn: _Eqn, ins: list, dep: list, mode: str, g: _Graph, transposing: bool = False):
     """The linear part of one affine equation (``mode="linear"``), of its ``|.|`` (``"abs"``), or its structure (``"ones"``).
 
     ``"ones"`` replaces every constant factor by 1: its result is non-zero
     exactly where some path from a non-zero input reaches (no cancellation).
 
     ``ins[i]`` is a tangent (or None for zero) where ``dep[i]``, else the constant operand.
+    ``transposing``: traced only to be transposed (a conv in the form whose transpose is fast, :func:`_conv_form`).
     """
     name = eqn.prim.name
     tangents = [v for v, d in zip(ins, dep) if d]
@@ -766,7 +859,7 @@ def _linear_eqn(eqn: _Eqn, ins: list, dep: list, mode: str, g: _Graph):
             args = [v if d else jnp.ones(np.shape(v), like.dtype) for v, d in zip(ins, dep)]
         else:
             args = [v if d else (jnp.abs(v) if mode == "abs" else v) for v, d in zip(ins, dep)]
-        return _eval_eqn(eqn, args)
+        return _eval_eqn(eqn, args, transposing)
     args = []
     for i, (v, d) in enumerate(zip(ins, dep)):
         if d and v is None:
@@ -796,7 +889,7 @@ class GraphNode:
             if s != 0 and not exact
         }
 
-    def _run(self, srcs: dict, mode: str):
+    def _run(self, srcs: dict, mode: str, transposing: bool = False):
         g, env = self._g, self._env
         local = {self._vars[s]: v for s, v in srcs.items()}
         for k in self._cone.eqns:
@@ -808,7 +901,7 @@ class GraphNode:
             else:
                 dep = [not isinstance(r, _Lit) and r in g.dep for r in eqn.ins]
                 vals = [local.get(r) if d else _read(r, env) for r, d in zip(eqn.ins, dep)]
-                outs = _linear_eqn(eqn, vals, dep, mode, g)
+                outs = _linear_eqn(eqn, vals, dep, mode, g, transposing)
             local.update(zip(eqn.outs, outs))
         out = local.get(self._cone.target)
         if out is None:
@@ -848,8 +941,8 @@ class GraphNode:
         dtype = rows.dtype
         primals = tuple(jax.ShapeDtypeStruct(self._g.shapes[v], dtype) for v in self._cone.source_vars)
 
-        def lin(*tans):
-            return self.linear(dict(zip(self.sources, tans)))
+        def lin(*tans):  # only traced, to be transposed: convs in the form whose transpose is a matmul
+            return self._run(dict(zip(self.sources, tans)), "linear", transposing=True)
 
         transpose = jax.linear_transpose(lin, *primals)
         outs = jax.vmap(transpose)(rows)
