@@ -365,8 +365,10 @@ def verdict_stability(rows: Sequence[dict], metric: str = "mean_log2_bound", key
     out = {"tests": len(runs[0]), "keys": list(keys)}
     for name, field in (("raw", "held"), ("holm", "held_holm"), ("bh", "held_bh")):
         out[name] = sum(len({run[i][field] for run in runs}) > 1 for i in range(len(runs[0])))
-    spreads = [np.ptp([run[i]["p_value"] for run in runs]) for i in range(len(runs[0]))]
-    out["max_p_spread"] = float(np.nanmax(spreads)) if spreads else 0.0
+    spreads = np.array([np.ptp([run[i]["p_value"] for run in runs]) for i in range(len(runs[0]))])
+    # An undefined test (too few seeds) has NaN p-values under every key: no spread to report.
+    defined = spreads[np.isfinite(spreads)]
+    out["max_p_spread"] = float(defined.max()) if defined.size else 0.0
     return out
 
 
