@@ -218,13 +218,14 @@ def within_seed_permutation(values, statistic, direction: int = 1, *, seed: int 
     def permuted(a):
         return np.take_along_axis(np.broadcast_to(a, order.shape), order, axis=-1)
 
-    rank_p = [float("-inf")] * len(statistic(v))
+    observed = statistic(v)
+    rank_p = [float("-inf")] * len(observed)
     if rank_guard:
         ranks = rankdata(v, axis=-1)
         rank_p = [_permutation_p(float(t), z, direction) for t, z in zip(statistic(ranks), statistic(permuted(ranks)))]
     out = []
     k = math.floor(ALPHA * (n_resamples + 1))
-    for t, z, p_rank in zip(statistic(v), statistic(permuted(v)), rank_p):
+    for t, z, p_rank in zip(observed, statistic(permuted(v)), rank_p):
         t = float(t)
         p = max(_permutation_p(t, z, direction), p_rank)
         z = np.sort(direction * np.asarray(z, np.float64))  # null of the signed statistic, ascending
