@@ -18,10 +18,12 @@ RADII = np.array([0.02, 0.1, 0.3, 1.0])
 
 
 def _both(model, xs):
-    """Per-layer results of every (point, radius) pair, with and without the windowed layers."""
-    lin_in, windows = algorithm1.input_maps(model), algorithm1.window_maps(model)
+    """Per-layer results of every (point, radius) pair, with and without the windowed layers and input norms."""
+    windows = algorithm1.window_maps(model)
 
     def run(w):
+        lin_in = algorithm1.input_maps(model, boxes=w is not None)
+
         def pair(x, r):
             return algorithm1.graph_pair(model, lin_in, forward(model, x), r, w)
 

@@ -180,17 +180,29 @@ def dense_pairs(dense, preacts: list, radii: jax.Array) -> list:
 # Graphs: one pair at a time, vmapped
 
 
-def input_maps(model: Model) -> dict:
+def input_maps(model: Model, boxes: bool = True) -> dict:
     """``M_{0,t}^T I`` ``[d, *shape_t]`` and its column norms, per layer reading the input.
 
-    Constant for a network: computed once per call, outside the pairs.
+    Constant for a network: computed once per call, outside the pairs. With
+    ``boxes``, the norms of a conv layer reading only the input come from its
+    stencil (:func:`_input_norms`), so that the dense map, when no layer
+    reads it densely (see :func:`window_maps`), is never computed under jit.
     """
     if model.dense is not None:
         return {}
     d = model.d
     eye = jnp.eye(d, dtype=model.dtype).reshape((d,) + model.input_shape)
-    maps = {t: node.linear_d({0: eye}) for t, node in enumerate(model.nodes, start=1) if 0 in node.sources}
-    return {t: (m, safe_norm(m, axis=0)) for t, m in maps.items()}
+    out = {}
+    for t, node in enumerate(model.nodes, start=1):
+        if 0 in node.sources:
+            m = node.linear_d({0: eye})
+            norms = _input_norms(model, t) if boxes else None
+            out[t] = (m, safe_norm(m, axis=0) if norms is None else norms)
+    return out
+
+
+# Boxes are cut and placed by one static slice and pad per target position: a cap on the program's size.
+_MAX_WINDOW_POSITIONS = 4096
 
 
 class WindowMap(NamedTuple):
@@ -217,8 +229,64 @@ class WindowMap(NamedTuple):
     inside: np.ndarray | None
 
 
-# Boxes are cut and placed by one static slice and pad per target position: a cap on the program's size.
-_MAX_WINDOW_POSITIONS = 4096
+def _geometry(model: Model, t: int, plan):
+    """Static box geometry of layer ``t``'s plan, for :class:`WindowMap`.
+
+    Returns:
+      ``(starts, place, layout, inside)``: ``starts(window)`` ``[n_pos, rank]``
+      the box starts of every target position (C order over the spatial
+      axes) in the layer padded by ``window``; ``place`` the input box's
+      starts in the unpadded input; ``layout`` as in :class:`WindowMap`;
+      ``inside`` ``[|B_0|, n_pos]`` bool, the input box elements inside the input.
+    """
+    shape_t = tuple(model.nodes[t - 1].shape)
+    sizes = tuple(shape_t[a] for a in plan.spatial)
+    pos = np.indices(sizes).reshape(len(sizes), -1)
+
+    def starts(window):  # receptive_fields._starts in NumPy: static, whatever the caller traces
+        cols = []
+        for b in range(len(window.start)):
+            v = window.start[b] + window.pad_lo[b] + np.zeros(pos.shape[1], np.int64)
+            for i, a in enumerate(plan.spatial):
+                v = v + (pos[i] - plan.p0[a]) * window.shift[i][b]
+            cols.append(v)
+        return np.stack(cols, axis=-1)
+
+    window0 = plan.windows[0]
+    place = starts(window0) - np.asarray(window0.pad_lo)
+    order = list(plan.spatial) + [a for a in range(len(shape_t)) if a not in plan.spatial]
+    perm = (0,) + tuple(1 + order.index(a) for a in range(len(shape_t)))
+    layout = (sizes + tuple(shape_t[a] for a in order[len(sizes):]), perm)
+    element = np.indices(window0.size).reshape(len(window0.size), -1)  # [rank_0, |B_0|]
+    at = place.T[:, None, :] + element[:, :, None]  # [rank_0, |B_0|, n_pos]
+    inside = np.all((at >= 0) & (at < np.asarray(model.input_shape)[:, None, None]), axis=0)
+    return starts, place, layout, inside
+
+
+def _input_norms(model: Model, t: int) -> jax.Array | None:
+    """``||M_{0,t}[:, j]||`` ``[*shape_t]`` from the stencil, for a layer reading only the input; or None.
+
+    Column ``j = (p, f)`` of the input map is non-zero only on the input box
+    ``B_0(p)``, where it is row ``f`` of the stencil ``K_{0,t}`` ``[F, |B_0|]``
+    (box elements past the input's border are padding, not directions), so
+    ``||M_{0,t}[:, j]||^2 = sum_w inside[w, p] K_{0,t}[f, w]^2``: a
+    ``[n_pos, |B_0|] x [|B_0|, F]`` product instead of the map applied to the
+    ``d`` directions of the identity (on LeNet-5 a ``[784, 24, 24, 6]``
+    array each call). The same terms as the dense norm, in another order.
+    """
+    node = model.nodes[t - 1]
+    if tuple(node.sources) != (0,):
+        return None
+    plan = receptive_fields.plan_for(model, t)
+    if plan is None or math.prod(node.shape[a] for a in plan.spatial) > _MAX_WINDOW_POSITIONS:
+        return None
+    k = receptive_fields.stencils(model, plan)[(0, t)]
+    _, _, layout, inside = _geometry(model, t, plan)
+    sq = matmul(jnp.asarray(inside.T, k.dtype), (k * k).T)  # [n_pos, F]
+    positive = sq > 0
+    norms = jnp.where(positive, jnp.sqrt(jnp.where(positive, sq, 1.0)), 0.0)
+    sizes, perm = layout
+    return jnp.transpose(norms.reshape(sizes), tuple(q - 1 for q in perm[1:]))
 
 
 def _window_map(model: Model, t: int) -> WindowMap | None:
@@ -236,31 +304,11 @@ def _window_map(model: Model, t: int) -> WindowMap | None:
     if plan is None or math.prod(node.shape[a] for a in plan.spatial) > _MAX_WINDOW_POSITIONS:
         return None
     kmaps = receptive_fields.stencils(model, plan)
-    shape_t = tuple(node.shape)
-    sizes = tuple(shape_t[a] for a in plan.spatial)
-    pos = np.indices(sizes).reshape(len(sizes), -1)  # target positions, C order
-
-    def starts(window):  # receptive_fields._starts in NumPy: static, whatever the caller traces
-        cols = []
-        for b in range(len(window.start)):
-            v = window.start[b] + window.pad_lo[b] + np.zeros(pos.shape[1], np.int64)
-            for i, a in enumerate(plan.spatial):
-                v = v + (pos[i] - plan.p0[a]) * window.shift[i][b]
-            cols.append(v)
-        return np.stack(cols, axis=-1)
-
+    starts, place, layout, inside = _geometry(model, t, plan)
     boxes = {s: (plan.windows[s], starts(plan.windows[s])) for s in relu_sources}
-    window0 = plan.windows[0]
-    place = starts(window0) - np.asarray(window0.pad_lo)
-    order = list(plan.spatial) + [a for a in range(len(shape_t)) if a not in plan.spatial]
-    perm = (0,) + tuple(1 + order.index(a) for a in range(len(shape_t)))
-    layout = (sizes + tuple(shape_t[a] for a in order[len(sizes):]), perm)
     stencils = {s: (kmaps[(s, t)], kmaps[(0, s)]) for s in relu_sources}
-    element = np.indices(window0.size).reshape(len(window0.size), -1)  # [rank_0, |B_0|]
-    at = place.T[:, None, :] + element[:, :, None]  # [rank_0, |B_0|, n_pos]
-    inside = np.all((at >= 0) & (at < np.asarray(model.input_shape)[:, None, None]), axis=0)
     inside = None if inside.all() else jnp.asarray(inside[..., None], model.dtype)
-    return WindowMap(stencils, boxes, tuple(window0.size), place, layout, inside)
+    return WindowMap(stencils, boxes, tuple(plan.windows[0].size), place, layout, inside)
 
 
 def window_maps(model: Model) -> dict:
