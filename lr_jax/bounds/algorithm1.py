@@ -56,7 +56,14 @@ so each layer's product ``W^T L`` is one large matmul across the batch, and a
 run of equal-shaped hidden layers is one ``jax.lax.scan``; layers are never
 padded to a common width. For other graphs each map is applied as it is (a
 conv to the ``d`` directions of ``L``), ``vmap``-ed over pairs, and
-``|M|^T U`` uses the map's structure (:mod:`lr_jax.networks.tracing`).
+``|M|^T U`` uses the map's structure (:mod:`lr_jax.networks.tracing`). On
+conv nets the first layers stay in receptive-field form
+(:func:`window_maps`): a conv layer reading only the input gets its column
+norms from its stencil, and a conv layer reading such layers builds
+``L_j`` on its input box ``B_0(p)`` by one matmul with the stencils of
+:mod:`lr_jax.bounds.receptive_fields`, so the first layers' ``[d, *shape]``
+arrays (on LeNet-5 ``[784, 24, 24, 6]`` per pair, masked, pooled and
+convolved in three unfused passes) are never formed.
 
 Precision: every product is pinned to ``Precision.HIGHEST`` (full float32 on
 GPUs rather than TF32). In float32 a certificate is exact for the rounded
@@ -413,35 +420,34 @@ def graph_pair(model: Model, lin_in: dict, preacts: list, radius, windows: dict 
       One :class:`LayerResult` per layer, fields ``[*shape_t]``.
     """
     windows = windows or {}
-    L, P, U, keep, outs = {}, {}, {}, {}, []
+    L, P, U, alive, outs = {}, {}, {}, {}, []
     for t, node in enumerate(model.nodes, start=1):
         relu_sources = [s for s in node.sources if s != 0]
         lin, norm = lin_in.get(t, (None, None))
         dev_sum = jnp.zeros(node.shape, preacts[t - 1].dtype)
-        cols = None
+        cols = None  # L_t on its input boxes, [|B_0|, n_pos, F], for a windowed layer
         if relu_sources:
             if t in windows:
-                cols = _window_cols(windows[t], keep)
-            if cols is not None and lin is None:
-                norm = _window_norms(windows[t], cols)  # the boxes hold every non-zero of L_j
+                cols = _window_cols(windows[t], alive)
+                if lin is None:
+                    norm = _window_norms(windows[t], cols)  # the boxes hold every non-zero of L_j
+                else:  # it also reads the input: L_j summed densely
+                    lin, cols = lin + _place(windows[t], cols, tuple(model.input_shape)), None
+                    norm = safe_norm(lin, axis=0)
             else:
-                if cols is not None:
-                    part = _place(windows[t], cols, tuple(model.input_shape))
-                    cols = None
-                else:
-                    part = node.linear_d({s: L[s] for s in relu_sources})  # [d, *shape_t]
+                part = node.linear_d({s: L[s] for s in relu_sources})  # [d, *shape_t]
                 lin = part if lin is None else lin + part
                 norm = safe_norm(lin, axis=0)
             dev_sum = node.abs_linear({s: jnp.where(P[s], U[s], 0.0) for s in relu_sources})
         unstable, changed, deviation, linear = neuron_update(preacts[t - 1], norm, dev_sum, radius)
         if cols is not None:
             # Masked in the boxes, then placed: one pass over the dense L_t instead of two.
-            kept = (cols * _from_layer(windows[t], linear).astype(cols.dtype)[None])
+            kept = cols * _from_layer(windows[t], linear).astype(cols.dtype)[None]
             L[t] = _place(windows[t], kept, tuple(model.input_shape))
         else:
             # A layer read only in receptive-field form never needs this dense L: jit drops it.
             L[t] = jnp.where(linear[None], lin, 0.0)
-        keep[t] = linear
+        alive[t] = linear
         P[t], U[t] = changed, deviation
         outs.append(LayerResult(unstable, changed, deviation))
     return outs
