@@ -109,3 +109,25 @@ def test_local_bounds_uses_windows_and_matches_counts():
         _, _, old = _both(model, xs)
         expect = sum(np.asarray(o.unstable).reshape(2, len(RADII), -1).sum(-1) for o in old)
         np.testing.assert_array_equal(out.num_unstable, expect)
+
+
+def test_windowed_path_has_the_dense_paths_gradient():
+    """Under grad (wrt the params, through the stencils): the same derivative of the deviations U."""
+    with jax.enable_x64(True):
+        module, variables, example = _graph_net("stride_same")
+        net = lr_jax.network_from_linen(module, variables, example)
+        x = jnp.asarray(np.random.default_rng(3).uniform(-1, 1, size=example.shape))
+
+        def total(net, boxes):
+            model = as_model(net)
+            lin_in = algorithm1.input_maps(model, boxes=boxes)
+            windows = algorithm1.window_maps(model) if boxes else None
+            out = algorithm1.graph_pair(model, lin_in, forward(model, x), 0.1, windows)
+            return sum(jnp.sum(o.deviation) for o in out)
+
+        assert 2 in algorithm1.window_maps(as_model(net))
+        new = jax.grad(total)(net, True)
+        old = jax.grad(total)(net, False)
+        for a, b in zip(jax.tree.leaves(new), jax.tree.leaves(old)):
+            np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+        assert any(np.abs(np.asarray(a)).sum() > 0 for a in jax.tree.leaves(new))
