@@ -457,12 +457,15 @@ def graph_pair(model: Model, lin_in: dict, preacts: list, radius, windows: dict 
 # The method's entry points
 
 
-def pair_results(model: Model, lin_in: dict, preacts: list, radius) -> list:
-    """Per-layer :class:`LayerResult` for one centre (its pre-activations) and one radius."""
+def pair_results(model: Model, lin_in: dict, preacts: list, radius, windows: dict | None = None) -> list:
+    """Per-layer :class:`LayerResult` for one centre (its pre-activations) and one radius.
+
+    ``windows``: from :func:`window_maps`, for graph models (see :func:`graph_pair`).
+    """
     if model.dense is not None:
         out = dense_pairs(model.dense, [a[None] for a in preacts], jnp.reshape(radius, (1,)))
         return [jax.tree.map(lambda a: a[0], o) for o in out]
-    return graph_pair(model, lin_in, preacts, radius)
+    return graph_pair(model, lin_in, preacts, radius, windows)
 
 
 def points_results(model: Model, xs: jax.Array, radii: jax.Array) -> tuple[list, list]:
@@ -492,7 +495,7 @@ def paper_points(model: Model, xs: jax.Array, radii: jax.Array):
     return c, c.astype(xs.dtype), results
 
 
-def single_pair_count(model: Model, lin_in: dict, preacts: list, radius) -> jax.Array:
-    """``C`` for one centre and radius (scalar int32)."""
-    return count_unstable([o.unstable for o in pair_results(model, lin_in, preacts, radius)])
+def single_pair_count(model: Model, lin_in: dict, preacts: list, radius, windows: dict | None = None) -> jax.Array:
+    """``C`` for one centre and radius (scalar int32); ``windows`` as in :func:`pair_results`."""
+    return count_unstable([o.unstable for o in pair_results(model, lin_in, preacts, radius, windows)])
 
