@@ -95,11 +95,11 @@ def _distance(model, x):
     return jnp.min(ratio)
 
 
-def _single_point(model, lin_in, x, grid, num_bisect):
+def _single_point(model, lin_in, windows, x, grid, num_bisect):
     preacts = forward(model, x.reshape(model.input_shape))
 
     def is_single(r):
-        return algorithm1.single_pair_count(model, lin_in, preacts, r) == 0
+        return algorithm1.single_pair_count(model, lin_in, preacts, r, windows) == 0
 
     single = jax.vmap(is_single)(grid)  # [G]
     first_bad = jnp.argmin(single)  # index of the first grid radius with C > 0
@@ -126,9 +126,9 @@ def _single_region_radius_jit(net, xs, r_max, num_grid, num_bisect, points_per_c
             r = jax.vmap(lambda x: _distance(model, x))(xc)
             return SingleRegionRadius(jnp.minimum(r, r_max).astype(xs.dtype), r >= r_max)
     else:
-        lin_in = algorithm1.input_maps(model)
+        lin_in, windows = algorithm1.input_maps(model), algorithm1.window_maps(model)
         grid = r_max * jnp.arange(1, num_grid + 1, dtype=xs.dtype) / num_grid
-        per_point = jax.vmap(lambda x: _single_point(model, lin_in, x, grid, num_bisect))
+        per_point = jax.vmap(lambda x: _single_point(model, lin_in, windows, x, grid, num_bisect))
     return map_points_in_chunks(per_point, xs, points_per_chunk)
 
 
