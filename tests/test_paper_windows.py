@@ -72,7 +72,9 @@ def _graph_net(kind):
 # stride_same: stride 2 and SAME padding; res_cnn: a residual conv with SAME padding;
 # conv_bn_pool: BatchNorm and pooling between the two conv layers; input_skip: a layer reading
 # a first layer and the input.
-@pytest.mark.parametrize("kind", ["stride_same", "res_cnn", "conv_bn_pool", "input_skip"])
+# The fast tier keeps three small nets; the input skip (17 s) and the benchmark's nets are in the slow tier.
+@pytest.mark.parametrize("kind", ["stride_same", "res_cnn", "conv_bn_pool",
+                                  pytest.param("input_skip", marks=pytest.mark.slow)])
 def test_windowed_l_equals_dense_maps_on_graph_nets(kind):
     with jax.enable_x64(True):
         module, variables, example = _graph_net(kind)
@@ -86,6 +88,7 @@ def test_windowed_l_equals_dense_maps_on_graph_nets(kind):
         assert any(np.asarray(o.unstable).any() for o in new[1:])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["LeNet-5", "residual CNN", "LeNet-5 (Equinox)"])
 def test_windowed_l_equals_dense_maps_on_conv_nets(name):
     with jax.enable_x64(True):
@@ -98,6 +101,7 @@ def test_windowed_l_equals_dense_maps_on_conv_nets(name):
         _assert_same(new, old)
 
 
+@pytest.mark.slow
 def test_local_bounds_uses_windows_and_matches_counts():
     """The public entry point takes the windowed path and gives the dense path's counts and masks."""
     with jax.enable_x64(True):
@@ -111,6 +115,7 @@ def test_local_bounds_uses_windows_and_matches_counts():
         np.testing.assert_array_equal(out.num_unstable, expect)
 
 
+@pytest.mark.slow
 def test_windowed_path_has_the_dense_paths_gradient():
     """Under grad (wrt the params, through the stencils): the same derivative of the deviations U."""
     with jax.enable_x64(True):
