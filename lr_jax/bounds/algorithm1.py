@@ -248,16 +248,13 @@ def _geometry(model: Model, t: int, plan):
     """
     shape_t = tuple(model.nodes[t - 1].shape)
     sizes = tuple(shape_t[a] for a in plan.spatial)
-    pos = np.indices(sizes).reshape(len(sizes), -1)
+    grid = np.indices(sizes).reshape(len(sizes), -1)
+    pos = [None] * len(shape_t)  # one index array per axis; only the spatial ones are read
+    for i, a in enumerate(plan.spatial):
+        pos[a] = grid[i]
 
-    def starts(window):  # receptive_fields._starts in NumPy: static, whatever the caller traces
-        cols = []
-        for b in range(len(window.start)):
-            v = window.start[b] + window.pad_lo[b] + np.zeros(pos.shape[1], np.int64)
-            for i, a in enumerate(plan.spatial):
-                v = v + (pos[i] - plan.p0[a]) * window.shift[i][b]
-            cols.append(v)
-        return np.stack(cols, axis=-1)
+    def starts(window):  # static (NumPy), whatever the caller traces
+        return receptive_fields.box_starts(window, plan, pos, xp=np).astype(np.int64)  # static sizes: Python-wide ints
 
     window0 = plan.windows[0]
     place = starts(window0) - np.asarray(window0.pad_lo)

@@ -253,15 +253,22 @@ def _gather(padded: jax.Array, starts: jax.Array, window: Window) -> jax.Array:
     return jax.vmap(one)(starts)
 
 
-def _starts(window: Window, plan: Plan, pos: tuple) -> jax.Array:
-    """Box starts (in padded coordinates) for target positions ``pos`` (one ``[B]`` index array per axis)."""
+def box_starts(window: Window, plan: Plan, pos: tuple, xp=jnp):
+    """Box starts (in padded coordinates) for target positions ``pos``, ``[B, rank]``.
+
+    ``pos``: one ``[B]`` index array per axis of the target layer (only its
+    spatial axes are read; the others may be None). ``xp``: ``jax.numpy`` for traced positions (the
+    tight bound's neuron indices), ``numpy`` for static geometry
+    (:mod:`lr_jax.bounds.algorithm1`'s receptive-field form).
+    """
+    shape = next(p for p in pos if p is not None).shape
     cols = []
     for b in range(len(window.start)):
         v = window.start[b] + window.pad_lo[b]
         for i, a in enumerate(plan.spatial):
             v = v + (pos[a] - plan.p0[a]) * window.shift[i][b]
-        cols.append(jnp.broadcast_to(jnp.asarray(v, jnp.int32), pos[0].shape))
-    return jnp.stack(cols, axis=-1)
+        cols.append(xp.broadcast_to(xp.asarray(v, xp.int32), shape))
+    return xp.stack(cols, axis=-1)
 
 
 def _row_sums(a: jax.Array) -> jax.Array:
@@ -344,7 +351,7 @@ def block_bounds(model: Model, plan: Plan, kmaps: dict, padded: dict, offset_t: 
     const = sign[:, :, 0] * offset_t[idx][None]
     for k in plan.layers[1:]:
         c = coef.pop(k)  # [2, B, |B_k|]
-        w = _gather(padded[k], _starts(plan.windows[k], plan, pos), plan.windows[k])[None]
+        w = _gather(padded[k], box_starts(plan.windows[k], plan, pos), plan.windows[k])[None]
         # Relaxed, a coefficient c on relu(z_k) becomes c s on z_k and adds c s c_k (+ c u for c < 0:
         # the upper offset) to the constant: one product with the window's column for c's sign.
         positive = c >= 0
@@ -353,7 +360,7 @@ def block_bounds(model: Model, plan: Plan, kmaps: dict, padded: dict, offset_t: 
         for s in model.nodes[k - 1].sources:
             moved = matmul(c, kmaps[(s, k)])
             coef[s] = coef[s] + moved if s in coef else moved
-    w0 = _gather(padded[0], _starts(plan.windows[0], plan, pos), plan.windows[0])[None]
+    w0 = _gather(padded[0], box_starts(plan.windows[0], plan, pos), plan.windows[0])[None]
     c0 = coef[0] * w0[..., 1]  # positions past the input's border are padding, not directions
     lower = _row_sums(c0 * w0[..., 0]) + const - radius * _row_norms(c0)
     if side is not None:
