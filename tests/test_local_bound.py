@@ -327,6 +327,24 @@ def test_default_chunk_size_is_a_power_of_two_and_bounded():
     assert 1 <= large < small
 
 
+def test_default_chunk_size_of_a_conv_network_uses_the_conv_budget():
+    """A Network with multi-axis layers: 128 MiB over 4 [n_max, d] float32 arrays, rounded down to a power of two."""
+    import flax.linen as nn
+    from lr_jax.bounds.core import default_chunk_size
+
+    class TwoConvs(nn.Module):
+        @nn.compact
+        def __call__(self, x):  # [14, 14, 1] -> two SAME 3x3 convs of 8 features: n_max = 14 * 14 * 8 = 1568
+            h = nn.relu(nn.Conv(8, (3, 3))(x))
+            return nn.Dense(2)(nn.relu(nn.Conv(8, (3, 3))(h)).reshape(-1))
+
+    x0 = jnp.zeros((14, 14, 1))
+    module = TwoConvs()
+    net = lr_jax.network_from_linen(module, module.init(jax.random.PRNGKey(0), x0), x0)
+    # 128 * 2**20 // (4 * 1568 * 196 * 4) = 27 pairs -> 16; with the dense chains' 8 MiB it would be 1.
+    assert default_chunk_size(net, jnp.float32, jax.devices("cpu")[0]) == 16
+
+
 def test_counts_only_mode_matches_full_output():
     layers, xs, radii = _small_case()
     full = local_bounds(layers, xs, radii)
