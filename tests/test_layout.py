@@ -153,3 +153,29 @@ def test_backward_is_the_transpose_of_the_map(monkeypatch, kind, form):
                 np.testing.assert_allclose(np.asarray(got[s]), np.asarray(w), rtol=1e-12, atol=1e-12)
             convs += any(node._g.eqns[k].prim.name == "conv_general_dilated" for k in node._cone.eqns)
         assert convs == 2
+
+
+@pytest.mark.parametrize("groups, lhs_dilation", [(2, (1, 1)), (1, (2, 1))])
+def test_xla_form_traced_for_transposing_keeps_grouped_and_dilated_convs(groups, lhs_dilation):
+    """Non-plain convs take XLA's form with the kernel stored for the transpose: values and transposes equal lax's."""
+    with jax.enable_x64(True):
+        rng = np.random.default_rng(2)
+        lhs = jnp.asarray(rng.normal(size=(2, 7, 6, 4 * groups)))
+        rhs = jnp.asarray(rng.normal(size=(3, 2, 4, 6 * groups)))
+        dn = ("NHWC", "HWIO", "NHWC")
+
+        def conv(a):
+            return lax.conv_general_dilated(a, rhs, (1, 2), ((1, 1), (0, 1)), lhs_dilation=lhs_dilation,
+                                            dimension_numbers=dn, feature_group_count=groups,
+                                            precision=lax.Precision.HIGHEST)
+
+        params = jax.make_jaxpr(conv)(lhs).jaxpr.eqns[0].params
+        assert tracing._conv_form(params, lhs.shape, rhs.shape, transposing=True) == "xla"
+        direct = conv(lhs)
+        got = _conv_channels_last(params, lhs, rhs, transposing=True)
+        np.testing.assert_allclose(np.asarray(got), np.asarray(direct), rtol=1e-12, atol=1e-12)
+        rows = jnp.asarray(rng.normal(size=direct.shape))
+        primal = jax.ShapeDtypeStruct(lhs.shape, lhs.dtype)
+        want = jax.linear_transpose(conv, primal)(rows)[0]
+        moved = jax.linear_transpose(lambda a: _conv_channels_last(params, a, rhs, transposing=True), primal)(rows)[0]
+        np.testing.assert_allclose(np.asarray(moved), np.asarray(want), rtol=1e-12, atol=1e-12)

@@ -631,9 +631,11 @@ def _conv_for_transpose(lhs, rhs, params: dict):
     The transpose of a convolution with respect to its input is a
     convolution reading the kernel with input and output features swapped
     (and the window reversed). From an ``HWIO`` kernel XLA-CPU then reads it
-    as ``HWOI``, a layout its convolution runs 2-3 times slower (the Flax
-    MNIST CNN's second conv, 64 -> 32 features: about 82 against 31 ms for
-    512 rows, measured inside the tight bound's loop). Here the forward conv
+    as ``HWOI`` inside the tight bound's loop, a layout its convolution runs
+    about 2.6 times slower (the Flax MNIST CNN's second conv, 64 -> 32
+    features, 512 rows: 82 ms in XLA's profile of the loop, 31 ms read in the
+    canonical order; the tight bound on that CNN went from 104.5 to 83.2 s per
+    1,000 pairs). Here the forward conv
     (never run) reads a copy stored ``[*window, O, I]``, so its transpose
     reads that copy in the canonical order; the optimization barrier keeps
     XLA from folding the copy back into the convolution. Same numbers.
