@@ -101,6 +101,18 @@ def test_conv_forms_and_their_transposes_equal_the_convolution(in_shape, k_shape
         np.testing.assert_allclose(np.asarray(moved), np.asarray(want), rtol=1e-12, atol=1e-12)
 
 
+def _assert_same_map_traced_for_transposing(conv, params, lhs, rhs, rng):
+    """``_conv_channels_last(..., transposing=True)`` gives lax's values, and its transpose lax's transpose (float64)."""
+    direct = conv(lhs)
+    got = _conv_channels_last(params, lhs, rhs, transposing=True)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(direct), rtol=1e-12, atol=1e-12)
+    rows = jnp.asarray(rng.normal(size=direct.shape))
+    primal = jax.ShapeDtypeStruct(lhs.shape, lhs.dtype)
+    want = jax.linear_transpose(conv, primal)(rows)[0]
+    moved = jax.linear_transpose(lambda a: _conv_channels_last(params, a, rhs, transposing=True), primal)(rows)[0]
+    np.testing.assert_allclose(np.asarray(moved), np.asarray(want), rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize("dn", [("NCHW", "OIHW", "NCHW"), ("NHWC", "OIHW", "NCHW")])
 @pytest.mark.parametrize("features, width, form", [((1, 32), 28, "taps"), ((8, 8), 7, "rows"), ((32, 32), 7, "xla")])
 def test_channels_first_conv_traced_for_transposing_is_the_same_map(dn, features, width, form):
@@ -118,14 +130,7 @@ def test_channels_first_conv_traced_for_transposing_is_the_same_map(dn, features
 
         params = jax.make_jaxpr(conv)(lhs).jaxpr.eqns[0].params
         assert tracing._conv_form(params, (2, 9, width, features[0]), (3, 3) + features, transposing=True) == form
-        direct = conv(lhs)
-        got = _conv_channels_last(params, lhs, rhs, transposing=True)
-        np.testing.assert_allclose(np.asarray(got), np.asarray(direct), rtol=1e-12, atol=1e-12)
-        rows = jnp.asarray(rng.normal(size=direct.shape))
-        primal = jax.ShapeDtypeStruct(lhs.shape, lhs.dtype)
-        want = jax.linear_transpose(conv, primal)(rows)[0]
-        moved = jax.linear_transpose(lambda a: _conv_channels_last(params, a, rhs, transposing=True), primal)(rows)[0]
-        np.testing.assert_allclose(np.asarray(moved), np.asarray(want), rtol=1e-12, atol=1e-12)
+        _assert_same_map_traced_for_transposing(conv, params, lhs, rhs, rng)
 
 
 @pytest.mark.parametrize("kind", ["cnn_overlap", "conv_bn_pool"])
@@ -171,11 +176,4 @@ def test_xla_form_traced_for_transposing_keeps_grouped_and_dilated_convs(groups,
 
         params = jax.make_jaxpr(conv)(lhs).jaxpr.eqns[0].params
         assert tracing._conv_form(params, lhs.shape, rhs.shape, transposing=True) == "xla"
-        direct = conv(lhs)
-        got = _conv_channels_last(params, lhs, rhs, transposing=True)
-        np.testing.assert_allclose(np.asarray(got), np.asarray(direct), rtol=1e-12, atol=1e-12)
-        rows = jnp.asarray(rng.normal(size=direct.shape))
-        primal = jax.ShapeDtypeStruct(lhs.shape, lhs.dtype)
-        want = jax.linear_transpose(conv, primal)(rows)[0]
-        moved = jax.linear_transpose(lambda a: _conv_channels_last(params, a, rhs, transposing=True), primal)(rows)[0]
-        np.testing.assert_allclose(np.asarray(moved), np.asarray(want), rtol=1e-12, atol=1e-12)
+        _assert_same_map_traced_for_transposing(conv, params, lhs, rhs, rng)
